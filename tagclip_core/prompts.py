@@ -27,9 +27,31 @@ TAGCLIP_TEMPLATES: tuple[str, ...] = tuple(_as_format_string(t) for t in OPENAI_
 # Words that take part in every softmax but are never reported (TagCLIP's BACKGROUND_CATEGORY lists).
 # Order as in the reference (it only moves float summation order, but we keep it exact).
 BACKGROUND_VOC: tuple[str, ...] = (
-    "ground", "land", "grass", "tree", "building", "wall", "sky", "lake", "water", "river", "sea",
-    "railway", "railroad", "keyboard", "helmet", "cloud", "house", "mountain", "ocean", "road", "rock",
-    "street", "valley", "bridge", "sign",
+    "ground",
+    "land",
+    "grass",
+    "tree",
+    "building",
+    "wall",
+    "sky",
+    "lake",
+    "water",
+    "river",
+    "sea",
+    "railway",
+    "railroad",
+    "keyboard",
+    "helmet",
+    "cloud",
+    "house",
+    "mountain",
+    "ocean",
+    "road",
+    "rock",
+    "street",
+    "valley",
+    "bridge",
+    "sign",
 )
 # The COCO set is the VOC set without "keyboard" and "sign".
 BACKGROUND_COCO: tuple[str, ...] = tuple(w for w in BACKGROUND_VOC if w not in ("keyboard", "sign"))

@@ -41,8 +41,17 @@ VIT_B_16 = RandomClipShape(
 )
 
 # Keys OpenAI's file stores in float16 (open_clip's convert_weights_to_fp16 mirrors this).
-_FP16_SUFFIXES = ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias", "c_fc.weight",
-                  "c_fc.bias", "c_proj.weight", "c_proj.bias", "conv1.weight")
+_FP16_SUFFIXES = (
+    "in_proj_weight",
+    "in_proj_bias",
+    "out_proj.weight",
+    "out_proj.bias",
+    "c_fc.weight",
+    "c_fc.bias",
+    "c_proj.weight",
+    "c_proj.bias",
+    "conv1.weight",
+)
 _FP16_KEYS = ("text_projection", "visual.proj")
 
 
@@ -53,10 +62,19 @@ def random_clip_state_dict(shape: RandomClipShape, seed: int = 0) -> dict[str, t
     try:
         model = CLIP(
             shape.embed_dim,
-            CLIPVisionCfg(layers=shape.vision_layers, width=shape.vision_width, patch_size=shape.patch_size,
-                          image_size=shape.image_size),
-            CLIPTextCfg(context_length=shape.context_length, vocab_size=shape.vocab_size, width=shape.text_width,
-                        heads=max(1, shape.text_width // 64), layers=shape.text_layers),
+            CLIPVisionCfg(
+                layers=shape.vision_layers,
+                width=shape.vision_width,
+                patch_size=shape.patch_size,
+                image_size=shape.image_size,
+            ),
+            CLIPTextCfg(
+                context_length=shape.context_length,
+                vocab_size=shape.vocab_size,
+                width=shape.text_width,
+                heads=max(1, shape.text_width // 64),
+                layers=shape.text_layers,
+            ),
             quick_gelu=True,
         )
     finally:
@@ -100,7 +118,8 @@ def save_openai_checkpoint(state: dict[str, torch.Tensor], path: str | Path, tor
     return path
 
 
-def write_random_checkpoint(path: str | Path, shape: RandomClipShape = TINY_VIT_B_16, seed: int = 0,
-                            torchscript: bool = True) -> Path:
+def write_random_checkpoint(
+    path: str | Path, shape: RandomClipShape = TINY_VIT_B_16, seed: int = 0, torchscript: bool = True
+) -> Path:
     """Create a random-weight OpenAI-format CLIP checkpoint at `path`."""
     return save_openai_checkpoint(random_clip_state_dict(shape, seed), path, torchscript=torchscript)

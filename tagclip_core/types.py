@@ -60,7 +60,7 @@ class ImagePrediction:
     original_size: tuple[int, int]
 
     def score_dict(self) -> dict[str, float]:
-        return {label: float(s) for label, s in zip(self.labels, self.scores)}
+        return {label: float(s) for label, s in zip(self.labels, self.scores, strict=True)}
 
 
 def labels_of(specs: Sequence[ClassSpec]) -> tuple[str, ...]:
