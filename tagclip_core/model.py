@@ -141,11 +141,13 @@ def build_clip_from_state_dict(state: dict[str, torch.Tensor], quick_gelu: bool 
     return model.eval()
 
 
-def file_fingerprint(path: Path) -> str:
+def weights_fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """Hash of the weights' names, dtypes and values: the same weights give the same id from any file or path."""
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()[:16]
 
 
@@ -201,10 +203,12 @@ def load_clip(spec: ModelSpec) -> LoadedClip:
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.precision, device)
     path = Path(spec.checkpoint).expanduser() if spec.checkpoint else locate_pretrained_weights(spec)
-    model = build_clip_from_state_dict(read_checkpoint_state(path), quick_gelu=True)
+    state = read_checkpoint_state(path)
+    model = build_clip_from_state_dict(state, quick_gelu=True)
     _ensure_supported(model)
     model = model.to(device=device, dtype=dtype).requires_grad_(False)
-    model_id = f"{spec.model_name}-{spec.pretrained if not spec.checkpoint else 'ckpt'}-{file_fingerprint(path)}"
+    source = "ckpt" if spec.checkpoint else spec.pretrained
+    model_id = f"{spec.model_name}-{source}-{weights_fingerprint(state)}"
     return LoadedClip(
         model=model, tokenizer=open_clip.get_tokenizer(spec.model_name), model_id=model_id, device=device, dtype=dtype
     )

@@ -17,10 +17,16 @@ from .config import PreprocessConfig
 
 
 def model_input_size(height: int, width: int, patch_size: int, max_side: int | None) -> tuple[int, int]:
-    """(H', W'): the image size after the long-side cap, each side rounded up to a multiple of patch_size."""
+    """(H', W'): the image size after the long-side cap, each side rounded up to a multiple of patch_size.
+
+    An image of one patch or less becomes 2x2 patches: TagCLIP needs a patch grid to refine over (the
+    reference crashes there).
+    """
     if max_side is not None and max(height, width) > max_side:
         scale = max_side / max(height, width)
         height, width = max(1, round(height * scale)), max(1, round(width * scale))
+    if height <= patch_size and width <= patch_size:
+        return (2 * patch_size, 2 * patch_size)
     return (math.ceil(height / patch_size) * patch_size, math.ceil(width / patch_size) * patch_size)
 
 

@@ -9,6 +9,7 @@ values), exercises the real loading path. Scores from such a model are meaningle
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,7 +113,9 @@ def save_openai_checkpoint(state: dict[str, torch.Tensor], path: str | Path, tor
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if torchscript:
-        torch.jit.script(_tree_from_state_dict(state)).save(str(path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, but it is OpenAI's format
+            torch.jit.script(_tree_from_state_dict(state)).save(str(path))
     else:
         torch.save(state, path)
     return path

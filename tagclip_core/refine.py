@@ -25,10 +25,13 @@ def refinement_matrix(vote_count: torch.Tensor, refine_mean: torch.Tensor, min_l
 
 
 def normalise_columns(scores: torch.Tensor) -> torch.Tensor:
-    """Min-max normalise each column of [N, C] to [0, 1] over the patches (a constant column gives NaN, as the
-    reference does)."""
+    """Min-max normalise each column of [N, C] to [0, 1] over the patches.
+
+    A constant column is all 0 (the reference divides 0 by 0 there and feeds NaN to OpenCV).
+    """
     shifted = scores - scores.min(dim=0).values
-    return shifted / shifted.max(dim=0).values
+    peak = shifted.max(dim=0).values
+    return torch.where(peak > 0, shifted / peak, torch.zeros_like(shifted))
 
 
 def class_box_masks(refined: torch.Tensor, grid: tuple[int, int], clip_edges: bool) -> torch.Tensor:

@@ -1,0 +1,133 @@
+"""The public engine: batching never changes results, classes map to prompt columns, odd inputs work."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import tagclip_core.predictor as predictor_module
+from tagclip_core import ClassListError, ClassSpec, EngineConfig, ModelSpec, TagCLIP, TagCLIPConfig
+from tests.fixtures.images import PARITY_IMAGES, render, synthetic_pixels
+
+pytestmark = pytest.mark.unit
+
+
+def _image(height: int, width: int, seed: int) -> Image.Image:
+    return Image.fromarray(synthetic_pixels(height, width, seed))
+
+
+IMAGES = [_image(96, 128, 11), _image(96, 128, 12), _image(70, 50, 13)]
+
+
+def _assert_same(a, b) -> None:
+    assert a.labels == b.labels and a.tags == b.tags and a.candidates == b.candidates
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-6, rtol=1e-5)
+    np.testing.assert_allclose(a.patch_scores, b.patch_scores, atol=1e-6, rtol=1e-5)
+
+
+def test_prediction_fields(tiny_engine):
+    (prediction,) = tiny_engine.predict([IMAGES[2]])
+    assert prediction.input_size == (80, 64) and prediction.original_size == (70, 50)
+    assert prediction.scores.shape == (20,) and prediction.scores.dtype == np.float32
+    assert prediction.patch_scores.shape == (20, 5, 4)
+    assert 1 <= len(prediction.tags) <= 20 and set(prediction.tags) <= set(prediction.labels)
+    assert set(prediction.candidates) <= set(prediction.labels)
+    assert prediction.score_dict()[prediction.tags[0]] == float(
+        prediction.scores[prediction.labels.index(prediction.tags[0])]
+    )
+
+
+def test_several_images_per_call_equal_one_at_a_time(tiny_engine):
+    together = tiny_engine.predict(IMAGES)
+    for image, prediction in zip(IMAGES, together, strict=True):
+        _assert_same(prediction, tiny_engine.predict([image])[0])
+
+
+def test_batched_cwr_equals_one_crop_at_a_time(tiny_engine, monkeypatch):
+    images = [render(spec) for spec in PARITY_IMAGES if spec.name in ("square224", "tall100x150", "rgba170x130")]
+    batched = tiny_engine.predict(images)
+    assert sum(len(p.candidates) for p in batched) >= 2, "the check needs several CWR crops"
+    monkeypatch.setattr(predictor_module, "_CWR_BATCH", 1)
+    for a, b in zip(batched, tiny_engine.predict(images), strict=True):
+        _assert_same(a, b)
+
+
+def test_array_input_equals_pil_input(tiny_engine):
+    pil = IMAGES[0]
+    _assert_same(tiny_engine.predict([np.asarray(pil)])[0], tiny_engine.predict([pil])[0])
+
+
+def test_class_scores_are_the_max_over_their_prompts(tiny_checkpoint, tmp_path):
+    engine = TagCLIP.load(ModelSpec(checkpoint=str(tiny_checkpoint), cache_dir=str(tmp_path)))
+    engine.set_classes(["cat", "dog", "bird"], background="voc")
+    separate = engine.predict([IMAGES[0]])[0].score_dict()
+    engine.set_classes([ClassSpec("pet", ("cat", "dog")), ClassSpec("bird")], background="voc")
+    merged = engine.predict([IMAGES[0]])[0]
+    assert merged.labels == ("pet", "bird")
+    assert merged.score_dict()["pet"] == pytest.approx(max(separate["cat"], separate["dog"]), abs=1e-6)
+    assert merged.score_dict()["bird"] == pytest.approx(separate["bird"], abs=1e-6)
+
+
+def test_background_word_equal_to_a_prompt_is_dropped(tiny_checkpoint, tmp_path):
+    engine = TagCLIP.load(ModelSpec(checkpoint=str(tiny_checkpoint), cache_dir=str(tmp_path)))
+    engine.set_classes(["tree", "sky", "cat"], background="voc")
+    assert engine.predict([IMAGES[0]])[0].labels == ("tree", "sky", "cat")
+    assert engine._classes.text.shape[0] == 3 + 23
+
+
+def test_cwr_off_gives_the_local_scores(tiny_checkpoint, tmp_path):
+    spec = ModelSpec(checkpoint=str(tiny_checkpoint), cache_dir=str(tmp_path))
+    engine = TagCLIP.load(spec, EngineConfig(tagclip=TagCLIPConfig(use_cwr=False)))
+    engine.set_classes(["cat", "dog", "person"], background="voc")
+    prediction = engine.predict([IMAGES[0]])[0]
+    assert prediction.candidates == ()
+    np.testing.assert_allclose(prediction.scores, prediction.patch_scores.reshape(3, -1).max(axis=1), rtol=1e-6)
+
+
+def test_predict_before_set_classes_is_a_clear_error(tiny_checkpoint, tmp_path):
+    engine = TagCLIP.load(ModelSpec(checkpoint=str(tiny_checkpoint), cache_dir=str(tmp_path)))
+    with pytest.raises(ClassListError, match="set_classes"):
+        engine.predict([IMAGES[0]])
+
+
+@pytest.mark.parametrize("classes", [[], ["cat", "cat"], [""]])
+def test_bad_class_lists_are_refused(tiny_engine, classes):
+    with pytest.raises(ClassListError):
+        tiny_engine.set_classes(classes)
+
+
+@pytest.mark.parametrize(("size", "expected_input"), [((1, 1), (32, 32)), ((10, 10), (32, 32)), ((16, 320), (16, 320))])
+def test_tiny_and_one_patch_high_images_are_tagged(tiny_engine, size, expected_input):
+    prediction = tiny_engine.predict([_image(*size, 21)])[0]
+    assert prediction.input_size == expected_input
+    assert np.isfinite(prediction.scores).all() and len(prediction.tags) >= 1
+
+
+def test_long_side_cap_bounds_the_input(tiny_checkpoint, tmp_path):
+    from tagclip_core import PreprocessConfig
+
+    spec = ModelSpec(checkpoint=str(tiny_checkpoint), cache_dir=str(tmp_path))
+    engine = TagCLIP.load(spec, EngineConfig(preprocess=PreprocessConfig(max_side=64)))
+    engine.set_classes(["cat", "dog"], background="none")
+    prediction = engine.predict([_image(300, 400, 5)])[0]
+    assert prediction.input_size == (48, 64) and prediction.original_size == (300, 400)
+
+
+def test_exif_orientation_of_pil_input_is_applied(tiny_engine):
+    image = _image(40, 80, 7)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    image.info["exif"] = exif.tobytes()
+    rotated = Image.open(_save_jpeg_with_exif(image, exif))
+    prediction = tiny_engine.predict([rotated])[0]
+    assert prediction.original_size == (80, 40)
+
+
+def _save_jpeg_with_exif(image: Image.Image, exif: Image.Exif):
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", exif=exif.tobytes())
+    buffer.seek(0)
+    return buffer

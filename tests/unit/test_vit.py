@@ -1,0 +1,98 @@
+"""Our block-by-block forward against open_clip and torch's own attention weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tagclip_core.config import ModelSpec
+from tagclip_core.model import load_clip
+from tagclip_core.vit import (
+    block_forward,
+    class_token_forward,
+    embed_patches,
+    interpolate_pos_embed,
+    last_block_mask,
+    tagclip_forward,
+)
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(scope="module")
+def clip(tiny_checkpoint):
+    return load_clip(ModelSpec(checkpoint=str(tiny_checkpoint)))
+
+
+@torch.inference_mode()
+def test_without_tagclip_changes_equals_open_clip_encode_image(clip):
+    # Guards our reach into open_clip's blocks (open_clip is pinned for this reason).
+    pixels = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    expected = clip.model.encode_image(pixels, normalize=True)
+    ours = class_token_forward(clip.visual, pixels, clip.visual.positional_embedding, mask=None)
+    torch.testing.assert_close(ours, expected, atol=1e-6, rtol=1e-5)
+
+
+@torch.inference_mode()
+def test_head_averaged_probs_equal_torch_multihead_attention_weights(clip):
+    pixels = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    pos = interpolate_pos_embed(clip.visual.positional_embedding, (4, 6), (14, 14), round_fp16=True)
+    x = embed_patches(clip.visual, pixels, pos)
+    for block in clip.visual.transformer.resblocks:
+        normed = block.ln_1(x)
+        expected_out, expected_probs = block.attn(normed, normed, normed, need_weights=True, average_attn_weights=True)
+        ours, probs = block_forward(block, x, want_probs=True)
+        torch.testing.assert_close(probs, expected_probs, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(ours, block(x), atol=1e-5, rtol=1e-5)
+        x = ours
+
+
+@torch.inference_mode()
+def test_mask_changes_output_but_not_the_returned_probs(clip):
+    pixels = torch.randn(1, 3, 48, 48, generator=torch.Generator().manual_seed(2))
+    pos = interpolate_pos_embed(clip.visual.positional_embedding, (3, 3), (14, 14), round_fp16=True)
+    x = embed_patches(clip.visual, pixels, pos)
+    block = clip.visual.transformer.resblocks[-1]
+    plain, plain_probs = block_forward(block, x, want_probs=True)
+    masked, masked_probs = block_forward(block, x, mask=last_block_mask(10, -100.0, x.device, x.dtype), want_probs=True)
+    torch.testing.assert_close(plain_probs, masked_probs)
+    assert not torch.allclose(plain, masked)
+
+
+def test_last_block_mask_is_minus_100_off_diagonal():
+    mask = last_block_mask(3, -100.0, torch.device("cpu"), torch.float32)
+    assert mask.tolist() == [[0.0, -100.0, -100.0], [-100.0, 0.0, -100.0], [-100.0, -100.0, 0.0]]
+
+
+def test_pos_embed_interpolation_rounds_to_fp16_and_keeps_the_pretrained_grid():
+    pos = torch.randn(1 + 14 * 14, 8, generator=torch.Generator().manual_seed(3))
+    assert interpolate_pos_embed(pos, (14, 14), (14, 14), round_fp16=True) is pos
+    resized = interpolate_pos_embed(pos, (7, 28), (14, 14), round_fp16=True)
+    exact = interpolate_pos_embed(pos, (7, 28), (14, 14), round_fp16=False)
+    assert resized.shape == (1 + 7 * 28, 8)
+    assert torch.equal(resized, exact.half().float())
+    assert torch.equal(resized[0], pos[0].half().float())  # the class row is rounded too
+    assert not torch.equal(resized, exact)
+
+
+@torch.inference_mode()
+def test_evidence_counts_votes_and_averages_refine_layers(clip):
+    pixels = torch.randn(1, 3, 48, 64, generator=torch.Generator().manual_seed(4))
+    pos = interpolate_pos_embed(clip.visual.positional_embedding, (3, 4), (14, 14), round_fp16=True)
+    tokens, evidence = tagclip_forward(clip.visual, pixels, pos, -100.0, range(8, 11))
+    # Recompute the per-block unmasked maps independently with torch's attention.
+    x = embed_patches(clip.visual, pixels, pos)
+    maps = []
+    blocks = clip.visual.transformer.resblocks
+    for index, block in enumerate(blocks):
+        normed = block.ln_1(x)
+        _, probs = block.attn(normed, normed, normed, need_weights=True)
+        maps.append(probs[0, 1:, 1:])
+        mask = last_block_mask(13, -100.0, x.device, x.dtype) if index == len(blocks) - 1 else None
+        x, _ = block_forward(block, x, mask=mask)
+    stacked = torch.stack(maps)
+    votes = (stacked > stacked.reshape(12, -1).mean(-1)[:, None, None]).sum(0)
+    assert torch.equal(evidence.vote_count[0].long(), votes)
+    torch.testing.assert_close(evidence.refine_mean[0], stacked[8:11].mean(0), atol=1e-7, rtol=1e-6)
+    assert tokens.shape == (1, 13, 64)
+    torch.testing.assert_close(tokens.norm(dim=-1), torch.ones(1, 13))
