@@ -20,8 +20,9 @@ from .refine import coarse_probs, dmar, refinement_matrix
 from .reidentify import candidate_columns, class_token_mask, crop_inputs, fuse, select_crops
 from .tags import relative_tags
 from .text import TextClassifierCache
+from .timing import NullTimer, StageTimer
 from .types import ClassSpec, ImagePrediction, as_class_specs, labels_of
-from .vit import class_token_forward, interpolate_pos_embed, tagclip_forward
+from .vit import AttentionEvidence, class_token_forward, interpolate_pos_embed, tagclip_forward
 
 # CWR crops encoded per batched forward (each is one 224x224 image).
 _CWR_BATCH = 32
@@ -83,6 +84,10 @@ class TagCLIP:
         return self._clip.model_id
 
     @property
+    def clip(self) -> LoadedClip:
+        return self._clip
+
+    @property
     def config(self) -> EngineConfig:
         return self._config
 
@@ -102,14 +107,23 @@ class TagCLIP:
         self._classes = ClassTable(specs=specs, background=words, text=text, owner=owner)
 
     @torch.inference_mode()
-    def predict(self, images: Sequence[Image.Image | np.ndarray]) -> list[ImagePrediction]:
-        """Tag images (PIL images or uint8 arrays). Same-size images share a batched forward on CUDA."""
+    def predict(
+        self, images: Sequence[Image.Image | np.ndarray], timer: StageTimer | None = None
+    ) -> list[ImagePrediction]:
+        """Tag images (PIL images or uint8 arrays). Same-size images share a batched forward on CUDA.
+
+        timer: optional StageTimer collecting seconds for preprocess, forward, dmar, cwr and output.
+        """
         classes = self._require_classes()
-        work = [self._prepare(i, image) for i, image in enumerate(images)]
+        timer = timer or NullTimer()
+        with timer.stage("preprocess"):
+            work = [self._prepare(i, image) for i, image in enumerate(images)]
         for batch in self._batches(work):
-            self._refine_batch(batch, classes)
-        self._reidentify(work, classes)
-        return [self._finish(item, classes) for item in work]
+            self._refine_batch(batch, classes, timer)
+        with timer.stage("cwr"):
+            self._reidentify(work, classes)
+        with timer.stage("output"):
+            return [self._finish(item, classes) for item in work]
 
     def _require_classes(self) -> ClassTable:
         if self._classes is None:
@@ -148,14 +162,27 @@ class TagCLIP:
         patch = self._clip.patch_size
         return pixels.shape[-2] // patch, pixels.shape[-1] // patch
 
-    def _refine_batch(self, batch: list[_ImageWork], classes: ClassTable) -> None:
+    def _refine_batch(self, batch: list[_ImageWork], classes: ClassTable, timer: StageTimer) -> None:
         cfg = self._config.tagclip
         grid = self._grid(batch[0].pixels)
-        pixels = torch.stack([item.pixels for item in batch]).to(self._clip.device)
         refine_blocks = range(self._clip.num_blocks)[cfg.refine_layer_start : cfg.refine_layer_stop]
-        tokens, evidence = tagclip_forward(
-            self._clip.visual, pixels, self._pos_embed(grid), cfg.last_block_mask_value, refine_blocks
-        )
+        with timer.stage("forward"):
+            pixels = torch.stack([item.pixels for item in batch]).to(self._clip.device)
+            tokens, evidence = tagclip_forward(
+                self._clip.visual, pixels, self._pos_embed(grid), cfg.last_block_mask_value, refine_blocks
+            )
+        with timer.stage("dmar"):
+            self._dmar_batch(batch, classes, tokens, evidence, grid)
+
+    def _dmar_batch(
+        self,
+        batch: list[_ImageWork],
+        classes: ClassTable,
+        tokens: torch.Tensor,
+        evidence: AttentionEvidence,
+        grid: tuple[int, int],
+    ) -> None:
+        cfg = self._config.tagclip
         logit_scale = self._clip.model.logit_scale.exp().float()
         for position, item in enumerate(batch):
             coarse = coarse_probs(tokens[position, 1:], classes.text, logit_scale)
