@@ -63,7 +63,10 @@ class TextClassifierCache:
         self._tokenizer = tokenizer
         self._config = config
         templates_key = hashlib.sha256("\n".join(config.templates).encode()).hexdigest()[:16]
-        self._disk_dir = cache_dir / "text" / model_id / templates_key if cache_dir and config.disk_cache else None
+        # Columns computed in bf16/fp16 differ from fp32 ones: the precision is part of the key.
+        precision = str(model.positional_embedding.dtype).removeprefix("torch.")
+        key_dir = Path("text") / model_id / f"{templates_key}-{precision}"
+        self._disk_dir = cache_dir / key_dir if cache_dir and config.disk_cache else None
         self._memory: dict[str, torch.Tensor] = {}
 
     def columns(self, prompts: Sequence[str]) -> torch.Tensor:
