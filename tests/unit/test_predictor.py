@@ -131,3 +131,12 @@ def _save_jpeg_with_exif(image: Image.Image, exif: Image.Exif):
     image.save(buffer, format="JPEG", exif=exif.tobytes())
     buffer.seek(0)
     return buffer
+
+
+def test_a_76_patch_image_does_not_depend_on_the_image_before_it(tiny_engine):
+    # 76 patches + the class token = 77 tokens: the reference then reuses the previous image's mask.
+    image76 = _image(64, 304, 31)
+    alone = tiny_engine.predict([image76])[0]
+    after_other = tiny_engine.predict([_image(96, 128, 32), image76])[1]
+    assert alone.input_size == (64, 304)
+    _assert_same(alone, after_other)
