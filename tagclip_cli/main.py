@@ -39,6 +39,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("eval", "tagclip_cli.evaluate", "score tag predictions (JSON lines) against ground-truth labels"),
     Command("serve", "tagclip_cli.serve", "run the Label Studio ML backend (gunicorn) on PORT"),
     Command("worker", "tagclip_cli.worker", "run a prediction worker on the backend's Redis queue"),
+    Command("segment", "tagclip_cli.segment", "masks for each image's tags (CLIP-ES or coarse): .npz + overlay PNG"),
 )
 
 

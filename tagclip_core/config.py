@@ -105,3 +105,45 @@ class EngineConfig:
     text: TextConfig = field(default_factory=TextConfig)
     # Images per batched forward on CUDA (same-grid images are stacked; CPU runs one at a time).
     gpu_batch_size: int = 16
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    """Masks for tags: CLIP-ES's CLS-SEG ("clip-es", the reference's numbers) or TagCLIP's refined patch maps
+    ("coarse", no gradients). The CLS-SEG defaults are CLIP-ES's generate_cams_voc.py + eval_cam.py."""
+
+    # "clip-es" (Grad-CAM + attention affinity, exact to the reference) or "coarse" (DMAR patch maps).
+    mode: str = "clip-es"
+    # The one template CLIP-ES encodes tag prompts and background words with.
+    template: str = "a clean origami {}."
+    # Background words of the CLIP-ES softmax: a set name ("voc": CLIP-ES's 25 words, "coco": 23, "none") or words.
+    background: str | tuple[str, ...] = "voc"
+    # Affinity blocks, a Python slice over ALL blocks (reference: [-8:-1] of 12 = blocks 4..10).
+    affinity_layer_start: int = -8
+    affinity_layer_stop: int | None = -1
+    # Column-then-row normalisation passes of the affinity (the reference does 1 + 2).
+    affinity_norm_passes: int = 3
+    # Times the symmetrised affinity is squared (T <- T @ T).
+    affinity_squarings: int = 1
+    # Relative threshold of the boxes that mask the affinity's columns (scoremap2bbox on the Grad-CAM).
+    box_threshold: float = 0.4
+    # scoremap2bbox quirk: clip each box's x1/y1 to width-1/height-1 (the last grid row/column never in a box).
+    clip_box_edges: bool = True
+    # Epsilon of the reference's min-max normalisations (x - min) / (eps + max).
+    minmax_eps: float = 1e-7
+    # Tags whose gradients one batched backward computes (memory grows with it; results do not change).
+    tags_per_backward: int = 8
+    # Coarse mode: a pixel is background unless a tag's min-max normalised map beats this level.
+    coarse_background: float = 0.5
+    # Connected components smaller than this many pixels are dropped from masks and regions.
+    min_region_area: int = 0
+    # Polygon simplification: approxPolyDP epsilon as a fraction of the contour's perimeter.
+    polygon_epsilon: float = 0.005
+    # Optional dense CRF on the label map (needs the pydensecrf2 package); the reference's CRF settings below.
+    crf: bool = False
+    crf_iterations: int = 10
+    crf_pos_xy_std: float = 1.0
+    crf_pos_weight: float = 3.0
+    crf_bi_xy_std: float = 67.0
+    crf_bi_rgb_std: float = 3.0
+    crf_bi_weight: float = 4.0

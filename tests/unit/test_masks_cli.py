@@ -1,0 +1,70 @@
+"""`tagclip segment`: per image an .npz (float32 maps, label map, labels) and a PNG overlay, both modes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tagclip_cli.main import COMMANDS, Command, main
+from tests.fixtures.images import synthetic_pixels
+
+SEGMENT = Command("segment", "tagclip_cli.segment", "masks for each image's tags")
+COMMANDS_WITH_SEGMENT = COMMANDS if any(c.name == "segment" for c in COMMANDS) else (*COMMANDS, SEGMENT)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    Image.fromarray(synthetic_pixels(75, 100, 2)).save(folder / "a.png")
+    Image.fromarray(synthetic_pixels(37, 53, 4)).save(folder / "b.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def segment(args: list[str], capsys) -> tuple[int, list[dict]]:
+    status = main(["segment", *args], COMMANDS_WITH_SEGMENT)
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
+    return status, lines
+
+
+@pytest.mark.parametrize("mode", ["clip-es", "coarse"])
+def test_segment_given_tags(mode, images, tiny_checkpoint, cache, tmp_path, capsys):
+    status, records = segment(
+        [str(images), "--labels", "cat,dog", "--tags", "dog,person", "--mode", mode, "--background", "none",
+         "--checkpoint", str(tiny_checkpoint), "--cache-dir", str(cache), "--offline", "--out", str(tmp_path / "out")],
+        capsys,
+    )  # fmt: skip
+    assert status == 0 and [r["error"] for r in records] == [None, None]
+    assert [r["tags"] for r in records] == [["dog", "person"]] * 2
+    data = np.load(tmp_path / "out" / "a.npz")
+    assert data["cams"].dtype == np.float32 and data["cams"].shape == (2, 75, 100)
+    assert data["label_map"].shape == (75, 100) and data["label_map"].max() <= 2
+    assert data["labels"].tolist() == ["dog", "person"] and str(data["mode"]) == mode
+    with Image.open(tmp_path / "out" / "b.png") as overlay:
+        assert overlay.size == (53, 37) and overlay.mode == "RGB"
+
+
+def test_segment_tags_from_the_classifier(images, tiny_checkpoint, cache, tmp_path, capsys):
+    status, records = segment(
+        [str(images / "a.png"), "--labels", "cat,dog,person: person with clothes, people, human", "--checkpoint",
+         str(tiny_checkpoint), "--cache-dir", str(cache), "--offline", "--out", str(tmp_path / "out")],
+        capsys,
+    )  # fmt: skip
+    assert status == 0 and records[0]["error"] is None and records[0]["tags"]
+    assert set(records[0]["tags"]) <= {"cat", "dog", "person"}
+    data = np.load(tmp_path / "out" / "a.npz")
+    assert data["labels"].tolist() == records[0]["tags"]
+
+
+def test_segment_usage_errors(images, tmp_path, capsys):
+    status = main(
+        ["segment", str(images), "--labels", "cat", "--tags", " , ", "--out", str(tmp_path)], COMMANDS_WITH_SEGMENT
+    )
+    assert status == 2 and "--tags names no tag" in capsys.readouterr().err
