@@ -1,0 +1,81 @@
+"""Exceptions of the backend and the worker. Messages carry the offending value.
+
+`HTTPError` subclasses carry the status the web layer answers with, as `{"error": message}`.
+The others are per-task failures (one task gets an empty result) or setup mistakes.
+"""
+
+from __future__ import annotations
+
+
+class BackendError(Exception):
+    """Base class of every error the backend or the worker raises on purpose."""
+
+
+class SettingsError(BackendError):
+    """An environment variable has a value we cannot use."""
+
+
+class HTTPError(BackendError):
+    """An error that becomes an HTTP answer `{"error": str(self)}` with `status`."""
+
+    status: int = 500
+
+
+class BadRequestError(HTTPError):
+    """The request body is not what the route expects (not JSON, wrong shape)."""
+
+    status = 400
+
+
+class UnauthorizedError(HTTPError):
+    """Basic auth is configured and the request's credentials are missing or wrong."""
+
+    status = 401
+
+
+class LabelConfigError(HTTPError):
+    """The label config cannot be parsed, or a control we would predict is unusable."""
+
+    status = 422
+
+
+class ServiceUnavailableError(HTTPError):
+    """Nothing can be predicted right now; Label Studio may retry later."""
+
+    status = 503
+
+
+class QueueUnavailableError(ServiceUnavailableError):
+    """Redis cannot be reached (connection refused, timeout)."""
+
+
+class EngineUnavailableError(ServiceUnavailableError):
+    """The in-process engine failed to load, or did not finish loading in time."""
+
+
+class PayloadError(BackendError):
+    """A job payload does not match the job schema (a bug or a version skew between backend and worker)."""
+
+
+class ModelMismatchError(BackendError):
+    """The worker runs other weights or settings than the backend computed its model_version for."""
+
+
+class ImageFetchError(BackendError):
+    """An image of a task cannot be fetched; that task gets an empty result."""
+
+
+class ImageSourceError(ImageFetchError):
+    """The image reference is not something we can fetch (unknown scheme, relative URL without a host)."""
+
+
+class DownloadError(ImageFetchError):
+    """The download failed: HTTP error status, connection error or timeout."""
+
+
+class DownloadTooLargeError(DownloadError):
+    """The image is larger than MAX_DOWNLOAD_BYTES."""
+
+
+class LabelStudioAuthError(DownloadError):
+    """Label Studio refused the key (legacy token disabled, wrong key, PAT refresh failed)."""

@@ -1,0 +1,239 @@
+"""Fetch task images: relative Label Studio URLs, plain http(s) URLs, and cloud URIs through Label
+Studio's resolve (presign) endpoint. Bounded in size and time. No torch here; the worker calls it.
+
+Auth: a legacy key is sent as `Authorization: Token <key>`. A personal access token (a JWT refresh
+token) is exchanged at POST /api/token/refresh/ for an access token (300 s), cached until shortly
+before it expires, and sent as `Bearer`. The key is only ever sent to the Label Studio origin.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+import requests
+import urllib3
+
+from .errors import (
+    DownloadError,
+    DownloadTooLargeError,
+    ImageSourceError,
+    LabelStudioAuthError,
+)
+
+# URI schemes Label Studio resolves through its cloud storages.
+CLOUD_SCHEMES = ("s3", "gs", "azure-blob", "azure-spi")
+# Label Studio's per-task resolver (the older /tasks/<id>/presign/ is an alias of it).
+RESOLVE_PATH = "/tasks/{task_id}/resolve/?fileuri={fileuri}"
+TOKEN_REFRESH_PATH = "/api/token/refresh/"
+# Refresh a Bearer access token this many seconds before it expires.
+TOKEN_REFRESH_MARGIN = 30.0
+MAX_REDIRECTS = 3
+_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where relative URLs point and which key Label Studio takes."""
+
+    url: str | None
+    api_key: str | None
+
+
+@dataclass(frozen=True)
+class FetchLimits:
+    max_bytes: int
+    timeout: float  # seconds for the whole download, redirects included
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or "").lower(), port
+
+
+def redact(url: str) -> str:
+    """The URL without its query string (presigned URLs carry signatures there)."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+def is_jwt(key: str) -> bool:
+    """A personal access token is a JWT: three base64url segments, the first a JSON header."""
+    segments = key.split(".")
+    if len(segments) != 3 or not all(segments):
+        return False
+    try:
+        header = json.loads(base64.urlsafe_b64decode(segments[0] + "=" * (-len(segments[0]) % 4)))
+    except ValueError:
+        return False
+    return isinstance(header, dict) and "alg" in header
+
+
+def jwt_expiry(token: str) -> float | None:
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        return float(claims["exp"])
+    except (IndexError, ValueError, KeyError, TypeError):
+        return None
+
+
+class LabelStudioAuth:
+    """Authorization headers for Label Studio; caches Bearer access tokens exchanged from PATs."""
+
+    def __init__(self, session: requests.Session, timeout: float = 10.0) -> None:
+        self._session = session
+        self._timeout = timeout
+        self._tokens: dict[tuple[str, str], tuple[str, float]] = {}
+        self._lock = threading.Lock()
+
+    def header(self, base_url: str, key: str) -> str:
+        if not is_jwt(key):
+            return f"Token {key}"
+        cache_key = (base_url, key)
+        with self._lock:
+            cached = self._tokens.get(cache_key)
+            if cached and cached[1] - TOKEN_REFRESH_MARGIN > time.time():
+                return f"Bearer {cached[0]}"
+            access, expires = self._refresh(base_url, key)
+            self._tokens[cache_key] = (access, expires)
+            return f"Bearer {access}"
+
+    def forget(self, base_url: str, key: str) -> None:
+        with self._lock:
+            self._tokens.pop((base_url, key), None)
+
+    def _refresh(self, base_url: str, key: str) -> tuple[str, float]:
+        url = urljoin(base_url.rstrip("/") + "/", TOKEN_REFRESH_PATH.lstrip("/"))
+        try:
+            response = self._session.post(url, json={"refresh": key}, timeout=self._timeout)
+        except requests.RequestException as e:
+            raise LabelStudioAuthError(f"token refresh at {url} failed: {e}") from e
+        if response.status_code != 200:
+            raise LabelStudioAuthError(
+                f"token refresh at {url} answered {response.status_code}: the personal access token was refused"
+            )
+        try:
+            access = str(response.json()["access"])
+        except (ValueError, KeyError) as e:
+            raise LabelStudioAuthError(f"token refresh at {url} gave no access token") from e
+        return access, jwt_expiry(access) or time.time() + 300.0
+
+
+class ImageFetcher:
+    """Downloads one image reference to bytes, within `limits`."""
+
+    def __init__(self, session: requests.Session, auth: LabelStudioAuth, limits: FetchLimits) -> None:
+        self._session = session
+        self._auth = auth
+        self._limits = limits
+
+    def fetch(self, ref: object, task_id: int, source: Source) -> bytes:
+        url = self.resolve(ref, task_id, source)
+        try:
+            return self._download(url, source)
+        except LabelStudioAuthError:
+            raise
+        except DownloadError as e:
+            if getattr(e, "status", None) == 401 and source.api_key and is_jwt(source.api_key) and source.url:
+                # The cached access token may have been revoked early: refresh once.
+                self._auth.forget(source.url, source.api_key)
+                return self._download(url, source)
+            raise
+
+    def resolve(self, ref: object, task_id: int, source: Source) -> str:
+        """The http(s) URL to GET for an image reference."""
+        if not isinstance(ref, str) or not ref.strip():
+            raise ImageSourceError(f"task {task_id}: image reference must be a non-empty string, got {ref!r}")
+        ref = ref.strip()
+        scheme = urlsplit(ref).scheme.lower()
+        if scheme in ("http", "https"):
+            return ref
+        if scheme in CLOUD_SCHEMES:
+            if not source.url:
+                raise ImageSourceError(
+                    f"task {task_id}: {scheme}:// URI needs Label Studio's presign endpoint, but no Label Studio "
+                    "URL is known (set LABEL_STUDIO_URL or connect through /setup)"
+                )
+            fileuri = base64.urlsafe_b64encode(ref.encode()).decode()
+            return source.url.rstrip("/") + RESOLVE_PATH.format(task_id=task_id, fileuri=fileuri)
+        if scheme:
+            raise ImageSourceError(f"task {task_id}: unsupported image URI scheme {scheme!r} in {redact(ref)}")
+        if not source.url:
+            raise ImageSourceError(
+                f"task {task_id}: relative image URL {redact(ref)} needs a Label Studio URL "
+                "(set LABEL_STUDIO_URL, or Label Studio sends its hostname in /setup)"
+            )
+        return urljoin(source.url.rstrip("/") + "/", ref.lstrip("/"))
+
+    def _headers(self, url: str, source: Source) -> dict[str, str]:
+        if source.url and source.api_key and origin(url) == origin(source.url):
+            return {"Authorization": self._auth.header(source.url, source.api_key)}
+        return {}
+
+    def _download(self, url: str, source: Source) -> bytes:
+        deadline = time.monotonic() + self._limits.timeout
+        for _ in range(MAX_REDIRECTS + 1):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DownloadError(f"GET {redact(url)} timed out after {self._limits.timeout:g} s")
+            try:
+                response = self._session.get(
+                    url,
+                    headers=self._headers(url, source),
+                    stream=True,
+                    allow_redirects=False,
+                    timeout=(min(5.0, remaining), remaining),
+                )
+            except requests.RequestException as e:
+                raise DownloadError(f"GET {redact(url)} failed: {type(e).__name__}: {e}") from e
+            with response:
+                if response.is_redirect:
+                    location = response.headers.get("Location", "")
+                    if not location:
+                        raise DownloadError(f"GET {redact(url)}: redirect without Location")
+                    url = urljoin(url, location)
+                    continue
+                if response.status_code != 200:
+                    error = DownloadError(f"GET {redact(url)} answered HTTP {response.status_code}")
+                    error.status = response.status_code  # type: ignore[attr-defined]
+                    raise error
+                return self._read_body(response, url, deadline)
+        raise DownloadError(f"GET {redact(url)}: more than {MAX_REDIRECTS} redirects")
+
+    def _read_body(self, response: requests.Response, url: str, deadline: float) -> bytes:
+        limit = self._limits.max_bytes
+        declared = response.headers.get("Content-Length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise DownloadTooLargeError(f"{redact(url)} is {declared} bytes, over MAX_DOWNLOAD_BYTES={limit}")
+        body = bytearray()
+        raw = response.raw
+        try:
+            while True:
+                # read1 returns what has arrived (up to the size), so the deadline holds for slow bodies.
+                chunk = raw.read1(_CHUNK, decode_content=True)
+                if not chunk:
+                    break
+                body.extend(chunk)
+                if len(body) > limit:
+                    raise DownloadTooLargeError(f"{redact(url)} is over MAX_DOWNLOAD_BYTES={limit}")
+                if time.monotonic() > deadline:
+                    raise DownloadError(f"GET {redact(url)} timed out after {self._limits.timeout:g} s")
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
+            raise DownloadError(f"GET {redact(url)} broke off: {type(e).__name__}: {e}") from e
+        if not body:
+            raise DownloadError(f"GET {redact(url)} returned an empty body")
+        return bytes(body)
+
+
+def make_session(pool_size: int) -> requests.Session:
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=max(4, pool_size), max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session

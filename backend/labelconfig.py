@@ -1,0 +1,108 @@
+"""Label config -> the controls we predict (a `PredictionPlan`), via label-studio-sdk's LabelInterface.
+
+Every Choices (single or multiple) and Taxonomy whose toName is an Image is predicted; each label is
+a class whose prompts come from `predicted_values="a,b"`. Anything else is listed in `skipped` with the
+reason, so a config with nothing to predict still answers /setup and gives empty /predict results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from label_studio_sdk.label_interface import LabelInterface
+
+from .converters import CONVERTERS, ControlPlan
+from .errors import LabelConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PredictionPlan:
+    """What to predict for a label config."""
+
+    controls: tuple[ControlPlan, ...]
+    skipped: tuple[str, ...]  # one line per control we do not predict, with the reason
+
+    def fingerprint(self) -> list:
+        return [c.fingerprint() for c in self.controls]
+
+
+@dataclass(frozen=True)
+class ParsedConfig:
+    interface: LabelInterface
+    plan: PredictionPlan
+    digest: str  # sha256 of the config text
+
+
+def parse_label_config(config_xml: str, default_threshold: float | None = None) -> ParsedConfig:
+    """Parse a label config; raises LabelConfigError when it is not a usable config."""
+    if not isinstance(config_xml, str) or not config_xml.strip():
+        raise LabelConfigError("label config is empty")
+    try:
+        interface = LabelInterface(config_xml)
+    except Exception as e:  # the SDK raises bare Exception subclasses for XML syntax errors
+        raise LabelConfigError(f"label config cannot be parsed: {e}") from e
+
+    images = {}
+    for obj in interface.objects:
+        value = str(obj.value or "")
+        if obj.tag == "Image" and value.startswith("$") and len(value) > 1:
+            images[obj.name] = value[1:]
+
+    controls: list[ControlPlan] = []
+    skipped: list[str] = []
+    for control in interface.controls:
+        converter = next((c for c in CONVERTERS if c.tag == control.tag), None)
+        if converter is None:
+            skipped.append(f"{control.tag} {control.name!r}: no converter for this tag type")
+            continue
+        reason = converter.match(control, list(images))
+        if reason is not None:
+            skipped.append(reason)
+            continue
+        planned = converter.plan(control, images, config_xml, default_threshold)
+        if isinstance(planned, str):
+            skipped.append(planned)
+        else:
+            controls.append(planned)
+    digest = hashlib.sha256(config_xml.encode()).hexdigest()
+    return ParsedConfig(interface, PredictionPlan(tuple(controls), tuple(skipped)), digest)
+
+
+class LabelConfigCache:
+    """A small thread-safe LRU of parsed configs (Label Studio sends the config with every /predict)."""
+
+    def __init__(self, size: int = 64) -> None:
+        self._size = size
+        self._items: OrderedDict[tuple[str, float | None], ParsedConfig] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, config_xml: str, default_threshold: float | None = None) -> ParsedConfig:
+        key = (hashlib.sha256(str(config_xml).encode()).hexdigest(), default_threshold)
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        parsed = parse_label_config(config_xml, default_threshold)
+        if parsed.plan.skipped:
+            log.info("label config: not predicted: %s", "; ".join(parsed.plan.skipped))
+        if not parsed.plan.controls:
+            log.warning(
+                "label config has nothing TagCLIP can predict (Choices/Taxonomy on an Image): %s",
+                "; ".join(parsed.plan.skipped) or "no control tags",
+            )
+        with self._lock:
+            self._items[key] = parsed
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return parsed
+
+
+def plan_summary(plan: PredictionPlan) -> str:
+    return json.dumps([{"name": c.name, "tag": c.tag, "classes": len(c.classes)} for c in plan.controls])

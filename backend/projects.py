@@ -1,0 +1,59 @@
+"""What /setup told us about each project (Label Studio hostname, token, extra_params), for /predict.
+
+Kept in memory, and in Redis when there is one, so several gunicorn processes share it. Label Studio
+calls /setup before every /predict, so a lost entry is rebuilt at the next call.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from redis import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+# Redis entries expire after a week without /setup.
+PROJECT_TTL_SECONDS = 7 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class ProjectContext:
+    hostname: str | None = None
+    access_token: str | None = None
+    extra_params: dict[str, Any] = field(default_factory=dict)
+    schema: str | None = None
+
+
+class ProjectStore:
+    def __init__(self, redis: Redis | None = None, queue_name: str = "tagclip") -> None:
+        self._memory: dict[str, ProjectContext] = {}
+        self._lock = threading.Lock()
+        self._redis = redis
+        self._prefix = f"tagclip:{queue_name}:project:"
+
+    def put(self, project: str, context: ProjectContext) -> None:
+        with self._lock:
+            self._memory[project] = context
+        if self._redis is not None:
+            try:
+                self._redis.set(self._prefix + project, json.dumps(asdict(context)), ex=PROJECT_TTL_SECONDS)
+            except RedisError as e:
+                log.debug("project %s: not stored in Redis: %s", project, e)
+
+    def get(self, project: str) -> ProjectContext | None:
+        """Redis first (another process may have seen a newer /setup), memory when Redis fails."""
+        if self._redis is not None:
+            try:
+                raw = self._redis.get(self._prefix + project)
+            except RedisError as e:
+                log.debug("project %s: Redis lookup failed: %s", project, e)
+            else:
+                if raw:
+                    return ProjectContext(**json.loads(raw))
+        with self._lock:
+            return self._memory.get(project)

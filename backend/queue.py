@@ -1,0 +1,330 @@
+"""Run job payloads and collect their results before a deadline: through RQ (`RedisDispatcher`), or in
+this process (`EmbeddedDispatcher`, when REDIS_URL is unset).
+
+Both reach the job function by its dotted path (`jobspec.JOB_FUNCTION`) with plain JSON, so the web
+process imports torch only in embedded mode, and only through that path.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Queue, Retry
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+
+from . import presence
+from .errors import EngineUnavailableError, QueueUnavailableError
+from .jobspec import JOB_FUNCTION, RUNTIME_LOADER
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+# How often /predict looks at its jobs, and how often it re-queues jobs of dead workers.
+POLL_INTERVAL = 0.05
+ABANDONED_CHECK_INTERVAL = 1.0
+# Finished job results are kept this long in Redis (they are read within the request).
+RESULT_TTL = 300
+FAILURE_TTL = 24 * 3600
+# Seconds between tries to load the embedded engine after a failure.
+EMBEDDED_RELOAD_INTERVAL = 30.0
+
+
+@dataclass
+class ChunkOutcome:
+    """One payload's fate: its result, a terminal error, or neither (not done by the deadline)."""
+
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None or self.error is not None
+
+
+class Dispatcher(ABC):
+    mode: str
+
+    @abstractmethod
+    def run(self, payloads: Sequence[dict[str, Any]], deadline: float) -> list[ChunkOutcome]:
+        """Run every payload; return one outcome per payload, in order, by `deadline` (time.monotonic())."""
+
+    @abstractmethod
+    def health(self) -> dict[str, Any]:
+        """Fast (< 1 s) readiness report: {"ready": bool, "mode": ..., "reason": ...}."""
+
+    @abstractmethod
+    def worker_count(self) -> int:
+        """How many engines can run jobs in parallel now (for chunking); 0 when unknown."""
+
+    @abstractmethod
+    def queue_depth(self) -> int | None:
+        """Jobs waiting; None when it cannot be read."""
+
+    def warm_up(self) -> None:  # noqa: B027 - an optional hook, a no-op unless overridden
+        """Start whatever takes long (embedded: loading the model) without waiting for it."""
+
+    def close(self) -> None:  # noqa: B027 - an optional hook, a no-op unless overridden
+        """Release threads and connections."""
+
+
+def import_string(dotted: str) -> Any:
+    module_name, _, attribute = dotted.rpartition(".")
+    return getattr(importlib.import_module(module_name), attribute)
+
+
+class RedisDispatcher(Dispatcher):
+    """Enqueue one RQ job per payload (JSON serializer, retries), poll until done or the deadline."""
+
+    mode = "queue"
+
+    def __init__(self, settings: Settings) -> None:
+        assert settings.redis_url
+        self._settings = settings
+        self.redis = Redis.from_url(settings.redis_url, socket_connect_timeout=1.0, socket_timeout=5.0)
+        # /health must answer within Label Studio's 1 s even when Redis hangs.
+        self._fast_redis = Redis.from_url(settings.redis_url, socket_connect_timeout=0.3, socket_timeout=0.4)
+        self.queue = Queue(settings.queue_name, connection=self.redis, serializer=JSONSerializer)
+
+    def run(self, payloads: Sequence[dict[str, Any]], deadline: float) -> list[ChunkOutcome]:
+        try:
+            jobs = self.queue.enqueue_many(
+                [
+                    Queue.prepare_data(
+                        JOB_FUNCTION,
+                        args=(payload,),
+                        timeout=self._settings.job_timeout,
+                        result_ttl=RESULT_TTL,
+                        failure_ttl=FAILURE_TTL,
+                        retry=Retry(max=self._settings.job_retries) if self._settings.job_retries else None,
+                        description=f"predict_chunk({len(payload['tasks'])} tasks)",
+                    )
+                    for payload in payloads
+                ]
+            )
+        except RedisError as e:
+            raise QueueUnavailableError(
+                f"Redis at {_redis_address(self._settings.redis_url)} is unreachable: {e}"
+            ) from e
+        try:
+            return self._collect(jobs, deadline)
+        except RedisError as e:
+            raise QueueUnavailableError(f"lost Redis while waiting for jobs: {e}") from e
+
+    def _collect(self, jobs: list[Job], deadline: float) -> list[ChunkOutcome]:
+        outcomes = [ChunkOutcome() for _ in jobs]
+        pending = set(range(len(jobs)))
+        next_abandoned_check = time.monotonic() + ABANDONED_CHECK_INTERVAL
+        while pending:
+            with self.redis.pipeline() as pipe:
+                for i in sorted(pending):
+                    pipe.hget(jobs[i].key, "status")
+                statuses = dict(zip(sorted(pending), pipe.execute(), strict=True))
+            for i, raw in statuses.items():
+                status = raw.decode() if isinstance(raw, bytes) else raw
+                if status == JobStatus.FINISHED.value:
+                    value = jobs[i].return_value(refresh=True)
+                    outcomes[i].result = value if isinstance(value, dict) else None
+                    if outcomes[i].result is None:
+                        outcomes[i].error = f"job {jobs[i].id} returned {type(value).__name__}, not an object"
+                    pending.discard(i)
+                elif status in (JobStatus.FAILED.value, JobStatus.STOPPED.value, JobStatus.CANCELED.value, None):
+                    outcomes[i].error = self._failure_text(jobs[i], status)
+                    pending.discard(i)
+            if not pending:
+                break
+            now = time.monotonic()
+            if now >= deadline:
+                self._give_up([jobs[i] for i in pending])
+                break
+            if now >= next_abandoned_check:
+                # Jobs of killed workers: their heartbeat lapsed; RQ re-queues them (Retry) or fails them.
+                self.queue.started_job_registry.cleanup()
+                next_abandoned_check = now + ABANDONED_CHECK_INTERVAL
+            time.sleep(min(POLL_INTERVAL, max(0.0, deadline - now)))
+        return outcomes
+
+    def _failure_text(self, job: Job, status: str | None) -> str:
+        if status is None:
+            return f"job {job.id} vanished from Redis"
+        try:
+            result = job.latest_result()
+            text = (result.exc_string or "").strip().splitlines() if result is not None else []
+        except RedisError:
+            text = []
+        last = text[-1] if text else status
+        return f"job {job.id} {status}: {last}"
+
+    def _give_up(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            try:
+                if job.get_status(refresh=True) in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
+                    job.cancel()
+            except Exception as e:  # a job that started meanwhile cannot be canceled; leave it
+                log.debug("job %s not canceled: %s", job.id, e)
+
+    def health(self) -> dict[str, Any]:
+        address = _redis_address(self._settings.redis_url)
+        try:
+            self._fast_redis.ping()
+            workers = presence.alive(self._fast_redis, self._settings.queue_name)
+        except RedisError as e:
+            return {
+                "ready": False,
+                "mode": self.mode,
+                "redis": "unreachable",
+                "workers": 0,
+                "reason": f"Redis at {address} is unreachable: {type(e).__name__}",
+            }
+        report: dict[str, Any] = {
+            "ready": bool(workers),
+            "mode": self.mode,
+            "redis": "ok",
+            "workers": len(workers),
+            "worker_models": sorted({w.get("model_id", "?") for w in workers}),
+        }
+        if not workers:
+            report["reason"] = f"no worker alive on queue {self._settings.queue_name!r} (start `tagclip worker`)"
+        return report
+
+    def worker_count(self) -> int:
+        try:
+            return len(presence.alive(self._fast_redis, self._settings.queue_name))
+        except RedisError:
+            return 0
+
+    def queue_depth(self) -> int | None:
+        try:
+            return int(self._fast_redis.llen(self.queue.key))
+        except RedisError:
+            return None
+
+    def close(self) -> None:
+        self.redis.close()
+        self._fast_redis.close()
+
+
+class EmbeddedDispatcher(Dispatcher):
+    """Run jobs in a thread pool of this process, with one engine loaded lazily in the background."""
+
+    mode = "embedded"
+
+    def __init__(
+        self, settings: Settings, runtime_loader: str = RUNTIME_LOADER, job_function: str = JOB_FUNCTION
+    ) -> None:
+        self._settings = settings
+        self._runtime_loader = runtime_loader
+        self._job_function = job_function
+        self._executor = ThreadPoolExecutor(settings.embedded_threads, thread_name_prefix="tagclip-job")
+        self._lock = threading.Lock()
+        self._loaded = threading.Event()
+        self._loader: threading.Thread | None = None
+        self._runtime: Any = None
+        self._job: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+        self._error: str | None = None
+        self._failed_at = 0.0
+        self._pending = 0
+
+    def warm_up(self) -> None:
+        with self._lock:
+            if self._loader is not None and (self._loader.is_alive() or self._runtime is not None):
+                return
+            if self._error is not None and time.monotonic() - self._failed_at < EMBEDDED_RELOAD_INTERVAL:
+                return
+            self._loaded.clear()
+            self._error = None
+            self._loader = threading.Thread(target=self._load, name="tagclip-engine-loader", daemon=True)
+            self._loader.start()
+
+    def _load(self) -> None:
+        started = time.monotonic()
+        try:
+            job = import_string(self._job_function)
+            runtime = import_string(self._runtime_loader)(self._settings)
+        except Exception as e:
+            log.exception("embedded engine failed to load")
+            with self._lock:
+                self._error = f"{type(e).__name__}: {e}"
+                self._failed_at = time.monotonic()
+        else:
+            with self._lock:
+                self._job, self._runtime = job, runtime
+            log.info("embedded engine loaded in %.1f s", time.monotonic() - started)
+        finally:
+            self._loaded.set()
+
+    def run(self, payloads: Sequence[dict[str, Any]], deadline: float) -> list[ChunkOutcome]:
+        self.warm_up()
+        if not self._loaded.wait(timeout=max(0.0, deadline - time.monotonic())):
+            raise EngineUnavailableError("the model is still loading; try again shortly")
+        if self._runtime is None or self._job is None:
+            raise EngineUnavailableError(f"the model failed to load: {self._error}")
+        # The same plain-JSON boundary as the queue: what would not survive RQ does not pass here either.
+        futures: list[Future] = []
+        for payload in payloads:
+            with self._lock:
+                self._pending += 1
+            future = self._executor.submit(self._runtime.run, self._job, json.loads(json.dumps(payload)))
+            future.add_done_callback(self._finished)
+            futures.append(future)
+        wait_futures(futures, timeout=max(0.0, deadline - time.monotonic()))
+        outcomes = []
+        for future in futures:
+            if not future.done():
+                future.cancel()
+                outcomes.append(ChunkOutcome())
+            elif future.exception() is not None:
+                e = future.exception()
+                outcomes.append(ChunkOutcome(error=f"{type(e).__name__}: {e}"))
+            else:
+                outcomes.append(ChunkOutcome(result=future.result()))
+        return outcomes
+
+    def _finished(self, _future: Future) -> None:
+        with self._lock:
+            self._pending -= 1
+
+    def health(self) -> dict[str, Any]:
+        self.warm_up()
+        if self._runtime is not None:
+            return {"ready": True, "mode": self.mode, "model": "loaded"}
+        if self._error is not None:
+            return {
+                "ready": False,
+                "mode": self.mode,
+                "model": "failed",
+                "reason": f"model failed to load: {self._error}",
+            }
+        return {"ready": False, "mode": self.mode, "model": "loading", "reason": "the model is loading"}
+
+    def worker_count(self) -> int:
+        return self._settings.embedded_threads
+
+    def queue_depth(self) -> int | None:
+        return self._pending
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def make_dispatcher(settings: Settings) -> Dispatcher:
+    return EmbeddedDispatcher(settings) if settings.embedded else RedisDispatcher(settings)
+
+
+def _redis_address(url: str | None) -> str:
+    """host:port/db of a Redis URL, without credentials."""
+    parts = urlsplit(url or "")
+    return f"{parts.hostname}:{parts.port or 6379}{parts.path or ''}"

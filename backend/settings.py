@@ -1,0 +1,194 @@
+"""Backend and worker settings, read from the environment once per process (`Settings.from_env()`).
+
+Every variable is listed in `ENV_VARS` with its meaning; the README table is generated from the same
+words. Nothing else in backend/ or worker/ reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+from .errors import SettingsError
+
+# Label Studio's read timeout for /predict (ML_TIMEOUT_PREDICT, 100 s by default). PREDICT_TIMEOUT
+# must stay below it, or Label Studio gives up before we answer and stores nothing.
+LABEL_STUDIO_PREDICT_TIMEOUT = 100.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the backend and the worker take from the environment."""
+
+    # --- model (TAGCLIP_*) ---
+    # open_clip architecture name.
+    model_name: str = "ViT-B-16"
+    # open_clip pretrained tag, used when no checkpoint is given.
+    pretrained: str = "openai"
+    # Local checkpoint file (OpenAI or open_clip format); overrides `pretrained`.
+    checkpoint: str | None = None
+    # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
+    device: str = "auto"
+    # "fp32", "bf16" or "fp16" (the last two on CUDA only).
+    precision: str = "fp32"
+    # Weights and text-classifier cache directory; None = the user cache dir.
+    cache_dir: str | None = None
+    # Background words: "voc", "coco", "none" or a comma list; extra_params.background overrides it.
+    background: str = "voc"
+    # Allow downloading pretrained weights at first start.
+    allow_download: bool = True
+
+    # --- queue ---
+    # redis://host:port/db; unset = embedded mode (the engine runs inside the web process).
+    redis_url: str | None = None
+    # RQ queue name; also the prefix of the backend's own Redis keys.
+    queue_name: str = "tagclip"
+    # Most tasks per job; a batch is split into ceil(n / CHUNK_SIZE) jobs spread over the workers.
+    chunk_size: int = 8
+    # Seconds a job may run before RQ kills it (a timed-out job counts as failed and is retried).
+    job_timeout: int = 300
+    # How many times a failed or abandoned job (worker killed) is re-run.
+    job_retries: int = 2
+    # Seconds /predict waits for its jobs; tasks not done by then are left unpredicted (see README).
+    predict_timeout: float = 80.0
+    # Seconds between a worker's heartbeats; a worker silent for 3 beats counts as dead and its job
+    # is re-queued.
+    worker_heartbeat: float = 5.0
+    # Threads running jobs in embedded mode.
+    embedded_threads: int = 2
+
+    # --- Label Studio ---
+    # Base URL of Label Studio for relative image URLs; overrides the hostname /setup sends.
+    label_studio_url: str | None = None
+    # Legacy token or personal access token (JWT); overrides the token /setup sends.
+    label_studio_api_key: str | None = None
+
+    # --- images ---
+    # Largest image download in bytes.
+    max_download_bytes: int = 50 * 1024 * 1024
+    # Seconds for one image download (connect + read, whole body).
+    download_timeout: float = 20.0
+    # Largest image in pixels (width * height), checked before decoding.
+    max_image_pixels: int = 100_000_000
+    # Parallel downloads per job.
+    download_threads: int = 4
+
+    # --- server ---
+    host: str = "0.0.0.0"
+    port: int = 9090
+    # Optional basic auth for /setup, /predict and /metrics (both or neither).
+    basic_auth_user: str | None = None
+    basic_auth_pass: str | None = None
+    # gunicorn threads (gthread): /health and /setup stay fast while /predict waits.
+    server_threads: int = 8
+    # gunicorn processes; more than 1 only with REDIS_URL (one engine per process otherwise).
+    server_workers: int = 1
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if (self.basic_auth_user is None) != (self.basic_auth_pass is None):
+            raise SettingsError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
+        if not 0 < self.predict_timeout < LABEL_STUDIO_PREDICT_TIMEOUT:
+            raise SettingsError(
+                f"PREDICT_TIMEOUT must be in (0, {LABEL_STUDIO_PREDICT_TIMEOUT:g}) s, below Label Studio's "
+                f"ML_TIMEOUT_PREDICT; got {self.predict_timeout}"
+            )
+        for name in (
+            "chunk_size",
+            "job_timeout",
+            "max_download_bytes",
+            "max_image_pixels",
+            "download_threads",
+            "server_threads",
+            "server_workers",
+            "embedded_threads",
+            "port",
+        ):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name.upper()} must be positive, got {getattr(self, name)}")
+        if self.job_retries < 0:
+            raise SettingsError(f"JOB_RETRIES must be >= 0, got {self.job_retries}")
+        if self.worker_heartbeat <= 0 or self.download_timeout <= 0:
+            raise SettingsError("WORKER_HEARTBEAT and DOWNLOAD_TIMEOUT must be positive")
+        if self.server_workers > 1 and not self.redis_url:
+            raise SettingsError("SERVER_WORKERS > 1 needs REDIS_URL (embedded mode keeps one engine per process)")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise SettingsError(f"TAGCLIP_PRECISION must be fp32, bf16 or fp16, got {self.precision!r}")
+
+    @property
+    def embedded(self) -> bool:
+        """True when there is no Redis: the engine runs in the web process."""
+        return not self.redis_url
+
+    @property
+    def basic_auth(self) -> tuple[str, str] | None:
+        if self.basic_auth_user is None or self.basic_auth_pass is None:
+            return None
+        return self.basic_auth_user, self.basic_auth_pass
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from `environ` (default: os.environ). Unset or empty variables keep defaults."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        types = {f.name: f.type for f in fields(cls)}
+        for field_name, var in ENV_VARS.items():
+            raw = env.get(var)
+            if raw is None or raw.strip() == "":
+                continue
+            values[field_name] = _parse(var, raw.strip(), types[field_name])
+        return cls(**values)
+
+
+def _parse(var: str, raw: str, annotation: object) -> object:
+    kind = str(annotation)
+    try:
+        if kind.startswith("bool"):
+            lowered = raw.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true/false")
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+    except ValueError as e:
+        raise SettingsError(f"{var}={raw!r}: {e}") from e
+    return raw
+
+
+# Field name -> environment variable. Names follow label-studio-ml where it has one.
+ENV_VARS: dict[str, str] = {
+    "model_name": "TAGCLIP_MODEL",
+    "pretrained": "TAGCLIP_PRETRAINED",
+    "checkpoint": "TAGCLIP_CHECKPOINT",
+    "device": "TAGCLIP_DEVICE",
+    "precision": "TAGCLIP_PRECISION",
+    "cache_dir": "TAGCLIP_CACHE_DIR",
+    "background": "TAGCLIP_BACKGROUND",
+    "allow_download": "TAGCLIP_ALLOW_DOWNLOAD",
+    "redis_url": "REDIS_URL",
+    "queue_name": "TAGCLIP_QUEUE",
+    "chunk_size": "CHUNK_SIZE",
+    "job_timeout": "JOB_TIMEOUT",
+    "job_retries": "JOB_RETRIES",
+    "predict_timeout": "PREDICT_TIMEOUT",
+    "worker_heartbeat": "WORKER_HEARTBEAT",
+    "embedded_threads": "EMBEDDED_THREADS",
+    "label_studio_url": "LABEL_STUDIO_URL",
+    "label_studio_api_key": "LABEL_STUDIO_API_KEY",
+    "max_download_bytes": "MAX_DOWNLOAD_BYTES",
+    "download_timeout": "DOWNLOAD_TIMEOUT",
+    "max_image_pixels": "MAX_IMAGE_PIXELS",
+    "download_threads": "DOWNLOAD_THREADS",
+    "host": "HOST",
+    "port": "PORT",
+    "basic_auth_user": "BASIC_AUTH_USER",
+    "basic_auth_pass": "BASIC_AUTH_PASS",
+    "server_threads": "SERVER_THREADS",
+    "server_workers": "SERVER_WORKERS",
+    "log_level": "LOG_LEVEL",
+}

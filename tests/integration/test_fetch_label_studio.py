@@ -1,0 +1,66 @@
+"""Image downloads against a real Label Studio: legacy token, personal access token (exchanged for a
+Bearer access token), a refused key, and a cloud URI through the task resolver with no storage."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+from backend.errors import DownloadError, LabelStudioAuthError
+from backend.fetch import FetchLimits, ImageFetcher, LabelStudioAuth, Source, is_jwt
+
+from .stack import image_files
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def uploaded(label_studio):
+    project = label_studio.create_project("TagCLIP fetch", '<View><Image name="image" value="$image"/></View>')
+    task_id = label_studio.upload_images(project, image_files(1, "fetch"))[0]
+    task = label_studio.api("GET", f"/api/tasks/{task_id}").json()
+    return task_id, task["data"]["image"]
+
+
+@pytest.fixture(scope="module")
+def personal_access_token(label_studio) -> str:
+    created = label_studio.session.post(label_studio.url + "/api/token/", timeout=30)
+    assert created.status_code in (201, 409), created.text  # 409: this user already has one
+    if created.status_code == 409:
+        pytest.skip("a personal access token already exists for the admin user (listed without its secret)")
+    return created.json()["token"]
+
+
+def fetcher() -> ImageFetcher:
+    session = requests.Session()
+    return ImageFetcher(session, LabelStudioAuth(session), FetchLimits(10 * 1024 * 1024, 20))
+
+
+def test_relative_upload_url_with_legacy_token(label_studio, uploaded):
+    task_id, url = uploaded
+    assert url.startswith("/data/upload/")
+    assert fetcher().fetch(url, task_id, Source(label_studio.url, label_studio.token)).startswith(b"\x89PNG")
+
+
+def test_personal_access_token_is_exchanged_and_cached(label_studio, uploaded, personal_access_token):
+    task_id, url = uploaded
+    assert is_jwt(personal_access_token)
+    f = fetcher()
+    source = Source(label_studio.url, personal_access_token)
+    assert f.fetch(url, task_id, source).startswith(b"\x89PNG")
+    assert f.fetch(url, task_id, source).startswith(b"\x89PNG")  # second time from the cached access token
+
+
+def test_refused_keys_give_clear_errors(label_studio, uploaded):
+    task_id, url = uploaded
+    with pytest.raises(DownloadError, match="HTTP 401"):
+        fetcher().fetch(url, task_id, Source(label_studio.url, "wrong-legacy-token"))
+    bogus_pat = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJleHAiOjF9.c2ln"
+    with pytest.raises(LabelStudioAuthError, match="personal access token was refused"):
+        fetcher().fetch(url, task_id, Source(label_studio.url, bogus_pat))
+
+
+def test_cloud_uri_without_storage_is_a_clear_error(label_studio, uploaded):
+    task_id, _ = uploaded
+    with pytest.raises(DownloadError, match=r"/tasks/\d+/resolve/ answered HTTP 404"):
+        fetcher().fetch("s3://no-such-bucket/image.png", task_id, Source(label_studio.url, label_studio.token))

@@ -1,0 +1,60 @@
+"""Settings.from_env: defaults, parsing, and clear errors naming the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from backend.errors import SettingsError
+from backend.settings import ENV_VARS, Settings
+
+pytestmark = pytest.mark.unit
+
+
+def test_defaults_are_embedded_mode_on_port_9090():
+    settings = Settings.from_env({})
+    assert settings.embedded and settings.port == 9090 and settings.basic_auth is None
+    assert settings.predict_timeout < 100  # below Label Studio's ML_TIMEOUT_PREDICT
+
+
+def test_every_field_has_an_env_var_and_values_parse():
+    env = {
+        "TAGCLIP_MODEL": "ViT-L-14",
+        "TAGCLIP_CHECKPOINT": "/w/x.pt",
+        "TAGCLIP_DEVICE": "cuda:1",
+        "TAGCLIP_ALLOW_DOWNLOAD": "no",
+        "REDIS_URL": "redis://r:6379/2",
+        "CHUNK_SIZE": "4",
+        "PREDICT_TIMEOUT": "30.5",
+        "BASIC_AUTH_USER": "u",
+        "BASIC_AUTH_PASS": "p",
+        "PORT": "9191",
+        "SERVER_WORKERS": "2",
+        "LABEL_STUDIO_URL": "http://ls:8080",
+        "MAX_IMAGE_PIXELS": "1000",
+    }
+    s = Settings.from_env(env)
+    assert (s.model_name, s.checkpoint, s.device, s.allow_download) == ("ViT-L-14", "/w/x.pt", "cuda:1", False)
+    assert (s.redis_url, s.chunk_size, s.predict_timeout, s.port) == ("redis://r:6379/2", 4, 30.5, 9191)
+    assert s.basic_auth == ("u", "p") and not s.embedded and s.max_image_pixels == 1000
+    assert set(ENV_VARS) == {f for f in Settings.__dataclass_fields__}
+
+
+def test_empty_values_keep_defaults():
+    assert Settings.from_env({"PORT": "", "REDIS_URL": "  "}) == Settings()
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"PORT": "ninety"}, "PORT='ninety'"),
+        ({"TAGCLIP_ALLOW_DOWNLOAD": "maybe"}, "TAGCLIP_ALLOW_DOWNLOAD"),
+        ({"PREDICT_TIMEOUT": "120"}, "PREDICT_TIMEOUT must be in"),
+        ({"BASIC_AUTH_USER": "u"}, "BASIC_AUTH_USER and BASIC_AUTH_PASS"),
+        ({"CHUNK_SIZE": "0"}, "CHUNK_SIZE must be positive"),
+        ({"SERVER_WORKERS": "2"}, "needs REDIS_URL"),
+        ({"TAGCLIP_PRECISION": "int8"}, "TAGCLIP_PRECISION"),
+    ],
+)
+def test_bad_values_raise_settings_error(env, message):
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env(env)

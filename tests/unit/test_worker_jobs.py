@@ -1,0 +1,95 @@
+"""worker.jobs.predict_chunk with the REAL engine on a tiny checkpoint: plain JSON in and out, per-task
+failures isolated, whole-job failures raised (so RQ records and retries them)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from backend.errors import ModelMismatchError, PayloadError
+from backend.fetch import Source
+from backend.jobspec import build_payloads, chunk_size_for
+from backend.settings import Settings
+from tests.fixtures.http_server import serve_directory
+from tests.integration.stack import CORRUPT_PNG, png_bytes
+from worker.jobs import predict_chunk
+from worker.runtime import Runtime, current_runtime
+
+pytestmark = pytest.mark.unit
+
+CONTROLS = [
+    {
+        "name": "tags",
+        "data_key": "image",
+        "classes": [{"label": "Cat", "prompts": ["cat", "kitten"]}, {"label": "Dog", "prompts": ["dog"]}],
+    }
+]
+
+
+@pytest.fixture(scope="module")
+def runtime(tiny_checkpoint, tmp_path_factory):
+    settings = Settings(
+        checkpoint=str(tiny_checkpoint),
+        cache_dir=str(tmp_path_factory.mktemp("cache")),
+        device="cpu",
+        allow_download=False,
+    )
+    rt = Runtime.load(settings, name="test")
+    yield rt
+    rt.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with serve_directory(tmp_path_factory.mktemp("img")) as s:
+        s.put("a.png", png_bytes(64, 80, 1))
+        s.put("b.png", png_bytes(100, 60, 2))
+        s.put("bad.png", CORRUPT_PNG)
+        yield s
+
+
+def payload(runtime, server, images):
+    tasks = [{"id": i + 1, "data": {"image": ref}} for i, ref in enumerate(images)]
+    return build_payloads(copy.deepcopy(CONTROLS), tasks, Source(server.url, "k"), "voc", runtime.model_key, 10)[0]
+
+
+def test_chunk_result_is_plain_json_with_per_task_errors(runtime, server):
+    job_payload = payload(runtime, server, ["/a.png", "/bad.png", "/b.png", None])
+    result = runtime.run(predict_chunk, job_payload)
+    assert json.loads(json.dumps(result)) == result
+    tasks = {t["index"]: t for t in result["tasks"]}
+    assert set(tasks) == {0, 1, 2, 3}
+    for ok in (0, 2):
+        out = tasks[ok]["outputs"]["tags"]
+        assert out["labels"] == ["Cat", "Dog"] and len(out["scores"]) == 2 and set(out["tags"]) <= {"Cat", "Dog"}
+    assert tasks[1]["kind"] == "image" and "bad.png" in tasks[1]["error"]
+    assert tasks[3]["kind"] == "download" and "has no data['image']" in tasks[3]["error"]
+    assert result["model_id"] == runtime.engine.model_id
+
+
+def test_malformed_payload_and_other_weights_raise(runtime, server):
+    with pytest.raises(PayloadError, match="schema"):
+        runtime.run(predict_chunk, {"tasks": []})
+    bad = payload(runtime, server, ["/a.png"])
+    bad["controls"][0]["classes"][0]["prompts"] = []
+    with pytest.raises(PayloadError, match="without prompts"):
+        runtime.run(predict_chunk, bad)
+    other = payload(runtime, server, ["/a.png"])
+    other["model_key"] = "ViT-L-14|pretrained:openai|fp32"
+    with pytest.raises(ModelMismatchError, match="same TAGCLIP_"):
+        runtime.run(predict_chunk, other)
+
+
+def test_job_outside_a_runtime_fails_clearly():
+    with pytest.raises(RuntimeError, match="no tagclip runtime is bound"):
+        current_runtime()
+
+
+def test_chunking_spreads_over_workers():
+    assert chunk_size_for(30, 4, 8) == 8 and chunk_size_for(30, 8, 8) == 4 and chunk_size_for(1, 4, 8) == 1
+    tasks = [{"id": i, "data": {"image": f"/{i}.png"}} for i in range(30)]
+    chunks = build_payloads(CONTROLS, tasks, Source(None, None), "voc", "k", 8)
+    assert [len(c["tasks"]) for c in chunks] == [8, 8, 8, 6]
+    assert [t["index"] for c in chunks for t in c["tasks"]] == list(range(30))
