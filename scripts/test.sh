@@ -8,6 +8,7 @@ cd "$ROOT"
 
 "$ROOT/scripts/setup.sh"
 "$ROOT/scripts/setup_ls.sh"
+"$ROOT/scripts/check_compose.sh"   # docker compose config (real Compose v2; no engine needed)
 
 if ! command -v redis-server >/dev/null 2>&1; then
   echo "test: installing redis-server" >&2
