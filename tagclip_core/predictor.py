@@ -221,7 +221,7 @@ class TagCLIP:
                 self._clip.visual,
                 torch.stack(crops).to(self._clip.device),
                 self._pos_embed(grid),
-                torch.stack(masks)[:, None].to(self._clip.device),
+                torch.stack(masks).to(self._clip.device),
             )
             logit_scale = self._clip.model.logit_scale.exp().float()
             probs = (logit_scale * features @ classes.text.t()).softmax(dim=-1)

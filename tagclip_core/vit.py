@@ -74,10 +74,15 @@ def block_forward(
 ):
     """One residual attention block on x [B, L, C].
 
-    mask: additive attention mask broadcastable to [B, heads, L, L] (applied to the output only).
+    mask: additive attention mask broadcastable to [B, L, L], the same for every head (applied to the output
+        only).
     want_probs: also return the head-averaged attention probabilities [B, L, L] computed without mask.
     query_tokens: compute outputs for the first `query_tokens` tokens only (keys use all tokens).
     Returns (x_out, probs or None).
+
+    Heads are processed one at a time: each [L, L] score map stays in cache through softmax, head sum
+    and the value product, instead of streaming [heads, L, L] tensors through memory several times
+    (same operations, same order, identical results; also 1/heads of the peak attention memory).
     """
     attn = block.attn
     num_heads = attn.num_heads
@@ -85,17 +90,23 @@ def block_forward(
     q, k, v = F.linear(normed, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
     if query_tokens is not None:
         q, x = q[:, :query_tokens], x[:, :query_tokens]
-    q = _heads(q * (q.shape[-1] // num_heads) ** -0.5, num_heads)
-    scores = q @ _heads(k, num_heads).transpose(-1, -2)
-    probs = scores.softmax(dim=-1)
-    averaged = probs.sum(dim=1) / num_heads if want_probs else None
-    if mask is not None:
-        probs = (scores + mask).softmax(dim=-1)
-    del scores
-    out = (probs @ _heads(v, num_heads)).transpose(1, 2).reshape(x.shape)
+    q = _heads(q * (q.shape[-1] // num_heads) ** -0.5, num_heads).contiguous()
+    k = _heads(k, num_heads).transpose(-1, -2).contiguous()
+    v = _heads(v, num_heads).contiguous()
+    out = torch.empty_like(q)
+    summed = None
+    for head in range(num_heads):
+        scores = q[:, head] @ k[:, head]
+        probs = scores.softmax(dim=-1)
+        if want_probs:
+            summed = probs.clone() if summed is None else summed.add_(probs)
+        if mask is not None:
+            probs = (scores + mask).softmax(dim=-1)
+        torch.matmul(probs, v[:, head], out=out[:, head])
+    out = out.transpose(1, 2).reshape(x.shape)
     x = x + block.ls_1(F.linear(out, attn.out_proj.weight, attn.out_proj.bias))
     x = x + block.ls_2(block.mlp(block.ln_2(x)))
-    return x, averaged
+    return x, (summed / num_heads if want_probs else None)
 
 
 def project_tokens(visual: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
