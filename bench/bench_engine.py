@@ -3,7 +3,7 @@
 Random weights with the real ViT-B/16 shape (compute cost does not depend on weight values). Each scenario
 runs in its own process so its peak RSS is its own.
 
-    .venv/bin/python bench/bench_engine.py                 # CPU: text classifier, 500x375, 4000x3000
+    .venv/bin/python bench/bench_engine.py                 # CPU: text classifier, 500x375 (fp32, bf16), 4000x3000
     .venv/bin/python bench/bench_engine.py --gpu           # CUDA: images/s for batches, fp32 / bf16 / fp16
     .venv/bin/python bench/bench_engine.py --json out.json # also write the figures as JSON
 """
@@ -167,6 +167,7 @@ def main() -> None:
                 results.append(spawn(args, "image", size=[375, 500], images=64, batch=32, precision=precision))
         else:
             results.append(spawn(args, "image", size=[375, 500], images=args.images))
+            results.append(spawn(args, "image", size=[375, 500], images=args.images, precision="bf16"))
             results.append(spawn(args, "image", size=[3000, 4000], images=1))
     for result in results:
         print(json.dumps(result, indent=1))

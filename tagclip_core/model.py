@@ -38,7 +38,11 @@ class LoadedClip:
     tokenizer: object
     model_id: str  # stable identity of architecture + weights, for caches and model versions
     device: torch.device
-    dtype: torch.dtype
+    dtype: torch.dtype  # compute precision of the image forwards (weights are float32)
+
+    def autocast(self) -> torch.autocast:
+        """Context for image forwards: autocast to `dtype`, or a no-op in float32."""
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
 
     @property
     def visual(self) -> VisionTransformer:
@@ -82,7 +86,8 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     if precision not in _PRECISIONS:
         raise UnsupportedModelError(f"precision must be one of {sorted(_PRECISIONS)}, got {precision!r}")
     dtype = _PRECISIONS[precision]
-    if dtype != torch.float32 and device.type != "cuda":
+    # bf16 runs on CPUs too (fast with AVX512-BF16/AMX); fp16 matmuls on CPU are slow or missing.
+    if dtype == torch.float16 and device.type != "cuda":
         raise UnsupportedModelError(f"precision {precision!r} is supported on CUDA only, device is {device}")
     return dtype
 
@@ -206,7 +211,9 @@ def load_clip(spec: ModelSpec) -> LoadedClip:
     state = read_checkpoint_state(path)
     model = build_clip_from_state_dict(state, quick_gelu=True)
     _ensure_supported(model)
-    model = model.to(device=device, dtype=dtype).requires_grad_(False)
+    # Weights stay float32; lower precisions run under autocast (see LoadedClip.autocast), so the text
+    # classifier is always exact and shared by every precision.
+    model = model.to(device=device).requires_grad_(False)
     source = "ckpt" if spec.checkpoint else spec.pretrained
     model_id = f"{spec.model_name}-{source}-{weights_fingerprint(state)}"
     return LoadedClip(

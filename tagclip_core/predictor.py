@@ -166,7 +166,7 @@ class TagCLIP:
         cfg = self._config.tagclip
         grid = self._grid(batch[0].pixels)
         refine_blocks = range(self._clip.num_blocks)[cfg.refine_layer_start : cfg.refine_layer_stop]
-        with timer.stage("forward"):
+        with timer.stage("forward"), self._clip.autocast():
             pixels = torch.stack([item.pixels for item in batch]).to(self._clip.device)
             tokens, evidence = tagclip_forward(
                 self._clip.visual, pixels, self._pos_embed(grid), cfg.last_block_mask_value, refine_blocks
@@ -216,13 +216,14 @@ class TagCLIP:
             for item, _column, box, mask in chunk:
                 crop, keep = crop_inputs(item.pixels, mask.cpu(), box, self._clip.patch_size, grid)
                 crops.append(crop)
-                masks.append(class_token_mask(keep, cfg.cwr_outside_mask_value, self._clip.dtype))
-            features = class_token_forward(
-                self._clip.visual,
-                torch.stack(crops).to(self._clip.device),
-                self._pos_embed(grid),
-                torch.stack(masks).to(self._clip.device),
-            )
+                masks.append(class_token_mask(keep, cfg.cwr_outside_mask_value, torch.float32))
+            with self._clip.autocast():
+                features = class_token_forward(
+                    self._clip.visual,
+                    torch.stack(crops).to(self._clip.device),
+                    self._pos_embed(grid),
+                    torch.stack(masks).to(self._clip.device),
+                )
             logit_scale = self._clip.model.logit_scale.exp().float()
             probs = (logit_scale * features @ classes.text.t()).softmax(dim=-1)
             for (item, column, _box, _mask), row in zip(chunk, probs, strict=True):

@@ -94,6 +94,8 @@ def block_forward(
     k = _heads(k, num_heads).transpose(-1, -2).contiguous()
     v = _heads(v, num_heads).contiguous()
     out = torch.empty_like(q)
+    if mask is not None and mask.dim() > 3:
+        raise ValueError(f"attention masks are [B, L, L] or [L, L] (shared by all heads), got {tuple(mask.shape)}")
     summed = None
     for head in range(num_heads):
         scores = q[:, head] @ k[:, head]
@@ -102,7 +104,7 @@ def block_forward(
             summed = probs.clone() if summed is None else summed.add_(probs)
         if mask is not None:
             probs = (scores + mask).softmax(dim=-1)
-        torch.matmul(probs, v[:, head], out=out[:, head])
+        out[:, head] = probs @ v[:, head]
     out = out.transpose(1, 2).reshape(x.shape)
     x = x + block.ls_1(F.linear(out, attn.out_proj.weight, attn.out_proj.bias))
     x = x + block.ls_2(block.mlp(block.ln_2(x)))

@@ -85,6 +85,12 @@ def test_weights_in_cache_dir_are_used_without_download(tmp_path):
     assert clip.model_id.startswith("ViT-B-16-openai-")
 
 
-def test_half_precision_on_cpu_is_refused(tiny_checkpoint):
+def test_fp16_on_cpu_is_refused(tiny_checkpoint):
     with pytest.raises(UnsupportedModelError, match="CUDA"):
-        load_clip(ModelSpec(checkpoint=str(tiny_checkpoint), precision="bf16", device="cpu"))
+        load_clip(ModelSpec(checkpoint=str(tiny_checkpoint), precision="fp16", device="cpu"))
+
+
+def test_lower_precision_keeps_float32_weights(tiny_checkpoint):
+    clip = load_clip(ModelSpec(checkpoint=str(tiny_checkpoint), precision="bf16", device="cpu"))
+    assert clip.dtype == torch.bfloat16
+    assert clip.model.visual.proj.dtype == torch.float32

@@ -140,3 +140,15 @@ def test_a_76_patch_image_does_not_depend_on_the_image_before_it(tiny_engine):
     after_other = tiny_engine.predict([_image(96, 128, 32), image76])[1]
     assert alone.input_size == (64, 304)
     _assert_same(alone, after_other)
+
+
+def test_bf16_on_cpu_runs_under_autocast_close_to_fp32(tiny_checkpoint, tmp_path):
+    images = [render(spec) for spec in PARITY_IMAGES[:4]]
+    spec = ModelSpec(checkpoint=str(tiny_checkpoint), cache_dir=str(tmp_path))
+    exact = TagCLIP.load(spec)
+    exact.set_classes(["cat", "dog", "person", "car"], background="voc")
+    fast = TagCLIP.load(ModelSpec(checkpoint=str(tiny_checkpoint), cache_dir=str(tmp_path), precision="bf16"))
+    fast.set_classes(["cat", "dog", "person", "car"], background="voc")
+    for a, b in zip(exact.predict(images), fast.predict(images), strict=True):
+        assert np.isfinite(b.scores).all()
+        np.testing.assert_allclose(a.scores, b.scores, atol=0.05)
