@@ -26,14 +26,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tagclip_core import EngineConfig, ModelSpec, TagCLIP  # noqa: E402
-from tagclip_core.prompts import BACKGROUND_VOC  # noqa: E402
+from tagclip_core.prompts import BACKGROUND_VOC, VOC_CLASSES  # noqa: E402
 from tagclip_core.random_weights import VIT_B_16, write_random_checkpoint  # noqa: E402
 from tagclip_core.timing import StageTimer  # noqa: E402
-
-VOC_CLASSES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
-    "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
-)  # fmt: skip
 
 
 def matmul_peak_gflops(device: torch.device, dtype: torch.dtype, repeats: int = 8) -> float:

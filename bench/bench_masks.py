@@ -32,12 +32,9 @@ from tagclip_core import EngineConfig, ModelSpec, TagCLIP  # noqa: E402
 from tagclip_core.config import MaskConfig  # noqa: E402
 from tagclip_core.masks import Segmenter, coarse_masks  # noqa: E402
 from tagclip_core.model import load_clip  # noqa: E402
+from tagclip_core.prompts import VOC_CLASSES  # noqa: E402
 from tagclip_core.random_weights import VIT_B_16, write_random_checkpoint  # noqa: E402
 
-VOC_CLASSES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
-    "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
-)  # fmt: skip
 TAGS = ("cat", "dog", "person")
 LABEL_CONFIG = """<View><Image name="image" value="$image"/>
 <BrushLabels name="mask" toName="image">{labels}</BrushLabels>

@@ -25,6 +25,12 @@ def _as_format_string(template) -> str:
 TAGCLIP_TEMPLATES: tuple[str, ...] = tuple(_as_format_string(t) for t in OPENAI_IMAGENET_TEMPLATES) + SCENE_TEMPLATES
 
 # Words that take part in every softmax but are never reported (TagCLIP's BACKGROUND_CATEGORY lists).
+# PASCAL VOC's 20 class names as the reference spells them (its VOC2007/2012 setting).
+VOC_CLASSES: tuple[str, ...] = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
+    "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)  # fmt: skip
+
 # Order as in the reference (it only moves float summation order, but we keep it exact).
 BACKGROUND_VOC: tuple[str, ...] = (
     "ground",

@@ -6,12 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from tagclip_core.prompts import VOC_CLASSES
 from tagclip_core.random_weights import TINY_VIT_B_16, write_random_checkpoint
 
-VOC_CLASSES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
-    "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
-)  # fmt: skip
+__all__ = ["VOC_CLASSES"]
 
 
 @pytest.fixture(scope="session")
