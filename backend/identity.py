@@ -2,9 +2,10 @@
 /setup reports and every prediction carries.
 
 The same settings and label config give the same version across restarts and machines; a change of
-weights, precision, background words, prompts, labels or thresholds gives a new one, so Label Studio
-predicts again. Workers compute the same `model_key` from their own settings and refuse jobs meant for
-other weights, so a stored model_version never lies.
+weights, precision, background words, prompts, labels, thresholds or mask settings (mode, minimum region
+size, masks on/off: all in the plan's fingerprint) gives a new one, so Label Studio predicts again.
+Workers compute the same `model_key` from their own settings and refuse jobs meant for other weights, so
+a stored model_version never lies.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from .settings import Settings
 
 # Bump when the converters change what they emit for the same scores.
 PREDICTION_FORMAT = 1
+# Bump when the masks of the same image and settings change (mask engine defaults, region converters); it
+# enters only the versions of plans with region controls, so tag-only projects keep theirs.
+MASK_FORMAT = 1
 # Bytes hashed at each end of a checkpoint file (hashing a whole 600 MB file would slow /setup).
 _FINGERPRINT_BYTES = 1 << 20
 
@@ -62,5 +66,8 @@ def normalize_background(spec: Any) -> str:
 
 def model_version(key: str, model_name: str, plan: PredictionPlan, background: str) -> str:
     """`tagclip-<model>-<12 hex>` from the model key, the plan and the background words."""
-    material = json.dumps([PREDICTION_FORMAT, key, background, plan.fingerprint()], sort_keys=True)
+    parts: list[Any] = [PREDICTION_FORMAT, key, background, plan.fingerprint()]
+    if plan.has_masks:
+        parts.append(["masks", MASK_FORMAT])
+    material = json.dumps(parts, sort_keys=True)
     return f"tagclip-{model_name}-{hashlib.sha256(material.encode()).hexdigest()[:12]}"

@@ -5,11 +5,20 @@
      "tasks": [{"index": int, "id": int | null, "images": {data_key: str | null}}],
      "source": {"url": str | null, "api_key": str | null}}
 
+Schema 2 is schema 1 where a region control also asks for masks (so a worker that predates masks refuses
+the job instead of answering without them):
+
+    "controls": [{..., "masks": {"mode": "coarse" | "clip-es", "min_region_area": int,
+                                 "threshold": float | null}}]
+
 The result is plain JSON too:
 
     {"schema": 1, "model_id": str, "worker": str, "seconds": float,
      "tasks": [{"index": int, "outputs": {control: {"labels": [...], "scores": [...], "tags": [...]}}}
               | {"index": int, "error": str}]}
+
+and a control that asked for masks also gets `"masks"`: tagclip_core's `MaskResult.to_json()` (neutral
+run lengths, see backend.converters.regions).
 """
 
 from __future__ import annotations
@@ -18,14 +27,27 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .converters.regions import MASK_MODES
 from .errors import PayloadError
 from .fetch import Source
 
 SCHEMA = 1
+# Schema 1 plus controls[].masks.
+MASKS_SCHEMA = 2
 # The job function, by dotted path: the backend never imports it (no torch in the web process).
 JOB_FUNCTION = "worker.jobs.predict_chunk"
 # The in-process runtime loader for embedded mode, by dotted path.
 RUNTIME_LOADER = "worker.runtime.load_runtime"
+
+
+@dataclass(frozen=True)
+class MaskSpec:
+    """Masks a control asks for: how, the smallest region kept, and which labels (the control's threshold,
+    or TagCLIP's tags when None)."""
+
+    mode: str
+    min_region_area: int
+    threshold: float | None
 
 
 @dataclass(frozen=True)
@@ -34,6 +56,7 @@ class ControlSpec:
     data_key: str
     labels: tuple[str, ...]
     prompts: tuple[tuple[str, ...], ...]
+    masks: MaskSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -82,7 +105,7 @@ def build_payloads(
     for start in range(0, len(refs), chunk_size):
         payloads.append(
             {
-                "schema": SCHEMA,
+                "schema": MASKS_SCHEMA if any(c.get("masks") for c in controls) else SCHEMA,
                 "model_key": model_key,
                 "background": background,
                 "controls": list(controls),
@@ -103,8 +126,10 @@ def parse_payload(payload: Any) -> ChunkSpec:
     """Check a payload against the schema; raises PayloadError naming the bad field."""
     if not isinstance(payload, Mapping):
         raise PayloadError(f"payload must be an object, got {type(payload).__name__}")
-    if payload.get("schema") != SCHEMA:
-        raise PayloadError(f"payload schema {payload.get('schema')!r} is not {SCHEMA} (backend/worker version skew)")
+    if payload.get("schema") not in (SCHEMA, MASKS_SCHEMA):
+        raise PayloadError(
+            f"payload schema {payload.get('schema')!r} is not {SCHEMA} or {MASKS_SCHEMA} (backend/worker version skew)"
+        )
     try:
         controls = tuple(
             ControlSpec(
@@ -112,6 +137,7 @@ def parse_payload(payload: Any) -> ChunkSpec:
                 data_key=_str(c["data_key"], "controls[].data_key"),
                 labels=tuple(_str(k["label"], "classes[].label") for k in c["classes"]),
                 prompts=tuple(tuple(_str(p, "classes[].prompts[]") for p in k["prompts"]) for k in c["classes"]),
+                masks=_mask_spec(c.get("masks")) if payload["schema"] == MASKS_SCHEMA else None,
             )
             for c in payload["controls"]
         )
@@ -132,6 +158,23 @@ def parse_payload(payload: Any) -> ChunkSpec:
         if not control.labels or any(not p for p in control.prompts):
             raise PayloadError(f"control {control.name!r} has no classes or a class without prompts")
     return spec
+
+
+def _mask_spec(data: Any) -> MaskSpec | None:
+    if data is None:
+        return None
+    if not isinstance(data, Mapping):
+        raise PayloadError(f"controls[].masks must be an object, got {data!r}")
+    mode, area, threshold = data.get("mode"), data.get("min_region_area", 0), data.get("threshold")
+    if mode not in MASK_MODES:
+        raise PayloadError(f"controls[].masks.mode must be one of {MASK_MODES}, got {mode!r}")
+    if isinstance(area, bool) or not isinstance(area, int) or area < 0:
+        raise PayloadError(f"controls[].masks.min_region_area must be an integer >= 0, got {area!r}")
+    if threshold is not None and (
+        isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1
+    ):
+        raise PayloadError(f"controls[].masks.threshold must be null or a number in [0, 1], got {threshold!r}")
+    return MaskSpec(mode, area, None if threshold is None else float(threshold))
 
 
 def _str(value: Any, field: str) -> str:

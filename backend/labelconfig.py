@@ -1,8 +1,11 @@
 """Label config -> the controls we predict (a `PredictionPlan`), via label-studio-sdk's LabelInterface.
 
-Every Choices (single or multiple) and Taxonomy whose toName is an Image is predicted; each label is
-a class whose prompts come from `predicted_values="a,b"`. Anything else is listed in `skipped` with the
-reason, so a config with nothing to predict still answers /setup and gives empty /predict results.
+Every Choices (single or multiple), Taxonomy, BrushLabels, RectangleLabels and PolygonLabels whose toName is
+an Image is predicted; each label is a class whose prompts come from `predicted_values="a,b"`. The region
+controls (Brush/Rectangle/PolygonLabels) also get masks for the labels they select, in the mode and with the
+minimum region size of their tag attributes, else of the project's `MaskDefaults` (extra_params); masks
+switched off leave them out. Anything else is listed in `skipped` with the reason, so a config with
+nothing to predict still answers /setup and gives empty /predict results.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 
 from label_studio_sdk.label_interface import LabelInterface
 
-from .converters import CONVERTERS, ControlPlan
+from .converters import ControlPlan, MaskDefaults, RegionPlan, converters_with
 from .errors import LabelConfigError
 
 log = logging.getLogger(__name__)
@@ -32,6 +35,11 @@ class PredictionPlan:
     def fingerprint(self) -> list:
         return [c.fingerprint() for c in self.controls]
 
+    @property
+    def has_masks(self) -> bool:
+        """True when some control gets regions from masks (the worker computes masks for it)."""
+        return any(isinstance(c, RegionPlan) for c in self.controls)
+
 
 @dataclass(frozen=True)
 class ParsedConfig:
@@ -40,8 +48,15 @@ class ParsedConfig:
     digest: str  # sha256 of the config text
 
 
-def parse_label_config(config_xml: str, default_threshold: float | None = None) -> ParsedConfig:
-    """Parse a label config; raises LabelConfigError when it is not a usable config."""
+def parse_label_config(
+    config_xml: str, default_threshold: float | None = None, mask_defaults: MaskDefaults | None = None
+) -> ParsedConfig:
+    """Parse a label config; raises LabelConfigError when it is not a usable config.
+
+    default_threshold and mask_defaults (mode, minimum region size, on/off) apply to controls whose tag
+    attributes do not set them: a tag attribute wins over the project's extra_params, which win over the
+    built-in defaults.
+    """
     if not isinstance(config_xml, str) or not config_xml.strip():
         raise LabelConfigError("label config is empty")
     try:
@@ -57,8 +72,9 @@ def parse_label_config(config_xml: str, default_threshold: float | None = None) 
 
     controls: list[ControlPlan] = []
     skipped: list[str] = []
+    converters = converters_with(mask_defaults)
     for control in interface.controls:
-        converter = next((c for c in CONVERTERS if c.tag == control.tag), None)
+        converter = next((c for c in converters if c.tag == control.tag), None)
         if converter is None:
             skipped.append(f"{control.tag} {control.name!r}: no converter for this tag type")
             continue
@@ -80,21 +96,24 @@ class LabelConfigCache:
 
     def __init__(self, size: int = 64) -> None:
         self._size = size
-        self._items: OrderedDict[tuple[str, float | None], ParsedConfig] = OrderedDict()
+        self._items: OrderedDict[tuple[str, float | None, MaskDefaults | None], ParsedConfig] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, config_xml: str, default_threshold: float | None = None) -> ParsedConfig:
-        key = (hashlib.sha256(str(config_xml).encode()).hexdigest(), default_threshold)
+    def get(
+        self, config_xml: str, default_threshold: float | None = None, mask_defaults: MaskDefaults | None = None
+    ) -> ParsedConfig:
+        key = (hashlib.sha256(str(config_xml).encode()).hexdigest(), default_threshold, mask_defaults)
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        parsed = parse_label_config(config_xml, default_threshold)
+        parsed = parse_label_config(config_xml, default_threshold, mask_defaults)
         if parsed.plan.skipped:
             log.info("label config: not predicted: %s", "; ".join(parsed.plan.skipped))
         if not parsed.plan.controls:
             log.warning(
-                "label config has nothing TagCLIP can predict (Choices/Taxonomy on an Image): %s",
+                "label config has nothing TagCLIP can predict (Choices, Taxonomy, BrushLabels, RectangleLabels or "
+                "PolygonLabels on an Image, with masks on for the last three): %s",
                 "; ".join(parsed.plan.skipped) or "no control tags",
             )
         with self._lock:

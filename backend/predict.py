@@ -16,8 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .converters import ControlOutput, converter_for
+from .converters import MaskDefaults, converter_for
 from .converters.base import prediction_score
+from .converters.regions import MASK_MODES
 from .errors import BadRequestError
 from .fetch import Source
 from .identity import model_key, model_version, normalize_background
@@ -30,6 +31,12 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
+# extra_params keys of the project's mask defaults (a region control's tag attributes override them).
+MASK_MODE_PARAM = "mask_mode"
+MIN_AREA_PARAM = "min_region_area"
+# extra_params mask_mode that switches the project's masks off (region controls with model_masks="true" keep them).
+MASKS_OFF = "off"
+
 
 @dataclass(frozen=True)
 class Options:
@@ -37,6 +44,7 @@ class Options:
 
     background: str
     threshold: float | None
+    masks: MaskDefaults = MaskDefaults()
 
 
 class Predictor:
@@ -77,7 +85,7 @@ class Predictor:
         self.dispatcher.warm_up()
         if not schema:
             return {"model_version": self._version_without_config(options)}
-        parsed = self.configs.get(schema, options.threshold)
+        parsed = self.configs.get(schema, options.threshold, options.masks)
         return {"model_version": self.version(parsed, options)}
 
     def options(self, context: ProjectContext | None) -> Options:
@@ -92,7 +100,7 @@ class Predictor:
             if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
                 raise BadRequestError(f"extra_params.threshold must be a number in [0, 1], got {threshold!r}")
             threshold = float(threshold)
-        return Options(background=normalize_background(background), threshold=threshold)
+        return Options(background=normalize_background(background), threshold=threshold, masks=_mask_defaults(extra))
 
     def version(self, parsed: ParsedConfig, options: Options) -> str:
         return model_version(self.model_key, self.settings.model_name, parsed.plan, options.background)
@@ -115,7 +123,7 @@ class Predictor:
         if not isinstance(config, str) or not config.strip():
             raise BadRequestError("body must have 'label_config' (or call /setup with the schema first)")
         options = self.options(context)
-        parsed = self.configs.get(config, options.threshold)
+        parsed = self.configs.get(config, options.threshold, options.masks)
         version = self.version(parsed, options)
         if not tasks:
             return {"results": []}
@@ -189,8 +197,8 @@ class Predictor:
         try:
             for plan in parsed.plan.controls:
                 if plan.name in outputs:
-                    control_output = ControlOutput.from_json(outputs[plan.name])
-                    regions.extend(converter_for(plan).to_regions(control_output, plan))
+                    converter = converter_for(plan)
+                    regions.extend(converter.to_regions(converter.read_output(outputs[plan.name]), plan))
         except (KeyError, TypeError, ValueError) as e:
             return self._failed(task_id, version, f"malformed worker output: {e}", "malformed")
         errors = parsed.interface.validate_prediction({"result": regions}, return_errors=True)
@@ -204,6 +212,22 @@ class Predictor:
         self.metrics.tasks.labels("failed").inc()
         self.metrics.failures.labels(kind).inc()
         return _empty(version)
+
+
+def _mask_defaults(extra: Mapping[str, Any]) -> MaskDefaults:
+    """The project's mask defaults from extra_params: {"mask_mode": "coarse" | "clip-es" | "off",
+    "min_region_area": pixels}; absent keys keep the built-in defaults."""
+    defaults = MaskDefaults()
+    mode = extra.get(MASK_MODE_PARAM)
+    if mode is not None and (not isinstance(mode, str) or mode.strip().lower() not in (*MASK_MODES, MASKS_OFF)):
+        raise BadRequestError(f"extra_params.{MASK_MODE_PARAM} must be one of {(*MASK_MODES, MASKS_OFF)}, got {mode!r}")
+    area = extra.get(MIN_AREA_PARAM, defaults.min_region_area)
+    if isinstance(area, bool) or not isinstance(area, int) or area < 0:
+        raise BadRequestError(f"extra_params.{MIN_AREA_PARAM} must be an integer >= 0, got {area!r}")
+    mode = defaults.mode if mode is None else mode.strip().lower()
+    if mode == MASKS_OFF:
+        return MaskDefaults(min_region_area=area, enabled=False)
+    return MaskDefaults(mode=mode, min_region_area=area)
 
 
 def _empty(version: str) -> dict[str, Any]:

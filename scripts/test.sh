@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, and integration tests against real Redis, RQ workers and Label Studio.
-# Installs what is missing (project venv, Label Studio venv, redis-server) and starts Redis if it is down.
+# Installs what is missing (project venv, Label Studio venv, redis-server, chromium) and starts Redis if it is
+# down.
 # Extra arguments go to pytest (e.g. scripts/test.sh tests/unit -x).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -13,6 +14,10 @@ cd "$ROOT"
 if ! command -v redis-server >/dev/null 2>&1; then
   echo "test: installing redis-server" >&2
   apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
+fi
+if ! command -v chromium >/dev/null 2>&1; then   # headless labeling-page checks (tests/integration/browser.py)
+  echo "test: installing chromium" >&2
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
 fi
 if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   echo "test: starting redis-server on 127.0.0.1:6379" >&2

@@ -1,8 +1,15 @@
-"""RQ job functions. Small steps: check the payload, fetch and decode images, predict, serialize.
+"""RQ job functions. Small steps: check the payload, fetch and decode images, predict, masks when a control
+asks for them, serialize.
 
 A job raises when it cannot do its work at all (bad payload, other weights, engine failure), so RQ
 records the failure and retries it. A task whose image cannot be fetched or decoded, or that the engine
 cannot process, fails alone: its entry carries an `error` and the rest of the chunk goes on.
+
+Controls with the same image and classes share one TagCLIP prediction per task, and the same masks when they
+ask for the same ones (a BrushLabels and a RectangleLabels with one label set cost one prediction and one
+mask computation). Masks are made only for the labels the backend will select: TagCLIP's tags, or the
+labels at or above the control's absolute threshold. "coarse" masks come from the prediction's refined patch
+maps (no model call); "clip-es" masks run CLIP-ES on the runtime's already loaded CLIP.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from backend.jobspec import SCHEMA, ChunkSpec, ControlSpec, TaskRef, parse_paylo
 from tagclip_core import ClassSpec, ImagePrediction, TagCLIPError
 from tagclip_core.errors import ImageLoadError
 from tagclip_core.images import load_image
+from tagclip_core.masks import coarse_masks
 
 from .runtime import Runtime, current_runtime
 
@@ -94,27 +102,76 @@ def fetch_images(
 def predict_controls(
     spec: ChunkSpec, images: dict[int, dict[str, Image.Image]], errors: dict[int, tuple[str, str]], runtime: Runtime
 ) -> dict[int, dict[str, dict[str, Any]]]:
-    """Scores of every control for every task whose images loaded. Engine failures on one image are
-    isolated to its task (recorded in `errors`)."""
+    """Scores (and masks, where asked) of every control for every task whose images loaded. Engine failures on
+    one image are isolated to its task (recorded in `errors`)."""
     outputs: dict[int, dict[str, dict[str, Any]]] = {}
     job = get_current_job()
+    predicted: dict[tuple, dict[int, ImagePrediction | str]] = {}
+    masks_done: dict[tuple, dict[str, Any]] = {}
     for done, control in enumerate(spec.controls):
         indices = [t.index for t in spec.tasks if t.index in images and t.index not in errors]
         if not indices:
             break
-        batch = [images[i][control.data_key] for i in indices]
-        with runtime.engine_lock:
-            runtime.engine.set_classes(_class_specs(control), background=spec.background)
-            predictions = _predict_isolating(runtime, batch)
-        for index, prediction in zip(indices, predictions, strict=True):
+        classes_key = (control.data_key, control.labels, control.prompts)
+        known = predicted.setdefault(classes_key, {})
+        todo = [i for i in indices if i not in known]
+        if todo:
+            batch = [images[i][control.data_key] for i in todo]
+            with runtime.engine_lock:
+                runtime.engine.set_classes(_class_specs(control), background=spec.background)
+                known.update(zip(todo, _predict_isolating(runtime, batch), strict=True))
+        for index in indices:
+            prediction = known[index]
             if isinstance(prediction, str):
                 errors[index] = ("engine", prediction)
-            else:
-                outputs.setdefault(index, {})[control.name] = serialize(prediction)
+                continue
+            output = serialize(prediction)
+            if control.masks is not None:
+                mask_key = (classes_key, control.masks, index)
+                try:
+                    if mask_key not in masks_done:
+                        image = images[index][control.data_key]
+                        masks_done[mask_key] = control_masks(control, prediction, image, spec.background, runtime)
+                except (TagCLIPError, ValueError, RuntimeError) as e:
+                    log.warning("task index %d: masks of %r failed: %s", index, control.name, e)
+                    errors[index] = ("masks", f"{type(e).__name__}: {e}")
+                    continue
+                output["masks"] = masks_done[mask_key]
+            outputs.setdefault(index, {})[control.name] = output
         if job is not None:
             job.meta["progress"] = {"controls_done": done + 1, "controls": len(spec.controls)}
             job.save_meta()
     return outputs
+
+
+def mask_labels(prediction: ImagePrediction, threshold: float | None) -> tuple[str, ...]:
+    """The labels the backend keeps for a region control (backend.converters.base.select_labels, multiple):
+    TagCLIP's tags, or every label whose serialized score reaches the absolute threshold."""
+    if threshold is None:
+        return tuple(prediction.tags)
+    return tuple(
+        label
+        for label, score in zip(prediction.labels, prediction.scores, strict=True)
+        if round(float(score), SCORE_DIGITS) >= threshold
+    )
+
+
+def control_masks(
+    control: ControlSpec, prediction: ImagePrediction, image: Image.Image, background: str, runtime: Runtime
+) -> dict[str, Any]:
+    """One task's masks for a control that asks for them: `MaskResult.to_json()` (plain JSON)."""
+    assert control.masks is not None
+    spec = control.masks
+    labels = mask_labels(prediction, spec.threshold)
+    if spec.mode == "coarse":
+        config = runtime.mask_settings("coarse", background, spec.min_region_area)
+        result = coarse_masks(prediction, labels, config, image if config.crf else None)
+    else:
+        prompts = dict(zip(control.labels, control.prompts, strict=True))
+        specs = [ClassSpec(label, prompts[label]) for label in labels]
+        with runtime.engine_lock:
+            result = runtime.segmenter(background, spec.min_region_area).segment(image, specs, mode="clip-es")
+    return result.to_json()
 
 
 def _class_specs(control: ControlSpec) -> list[ClassSpec]:

@@ -8,6 +8,7 @@ module holds a mutable global and two runtimes never mix.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -20,20 +21,29 @@ from backend.fetch import FetchLimits, ImageFetcher, LabelStudioAuth, make_sessi
 from backend.identity import model_key
 from backend.settings import Settings
 from tagclip_core import EngineConfig, ModelSpec, TagCLIP
+from tagclip_core.config import MaskConfig
 from tagclip_core.images import ImageLimits
-from tagclip_core.model import resolve_device
+from tagclip_core.masks import Segmenter
+from tagclip_core.model import resolve_cache_dir, resolve_device
 
 log = logging.getLogger(__name__)
 
 _CURRENT: ContextVar[Runtime | None] = ContextVar("tagclip_runtime", default=None)
+# CLIP-ES Segmenters kept per (background words, minimum region size); the oldest goes beyond this.
+MAX_SEGMENTERS = 16
 
 
 class Runtime:
     """Everything a job needs that is expensive to build: built once per process."""
 
-    def __init__(self, settings: Settings, engine: TagCLIP, name: str = "embedded") -> None:
+    def __init__(
+        self, settings: Settings, engine: TagCLIP, name: str = "embedded", mask_config: MaskConfig | None = None
+    ) -> None:
         self.settings = settings
         self.engine = engine
+        # Masks: the engine's defaults; a job sets the mode, the background words and the minimum region size.
+        self.mask_config = mask_config or MaskConfig()
+        self._segmenters: dict[tuple[str, int], Segmenter] = {}
         self.name = name
         self.model_key = model_key(settings)
         session = make_session(settings.download_threads)
@@ -60,6 +70,25 @@ class Runtime:
         engine = TagCLIP.load(spec, EngineConfig())
         log.info("engine %s loaded on %s in %.1f s", engine.model_id, settings.device, time.monotonic() - started)
         return cls(settings, engine, name)
+
+    def mask_settings(self, mode: str, background: str, min_region_area: int) -> MaskConfig:
+        """The mask config for one control of a job (background: a set name or a comma list of words)."""
+        return dataclasses.replace(self.mask_config, mode=mode, background=background, min_region_area=min_region_area)
+
+    def segmenter(self, background: str, min_region_area: int) -> Segmenter:
+        """A CLIP-ES Segmenter on the engine's loaded CLIP (no second model), one per background and region
+        size. Call it under `engine_lock` (its caches are not thread-safe)."""
+        key = (background, min_region_area)
+        if key not in self._segmenters:
+            if len(self._segmenters) >= MAX_SEGMENTERS:
+                self._segmenters.pop(next(iter(self._segmenters)))
+            self._segmenters[key] = Segmenter(
+                self.engine.clip,
+                self.mask_settings("clip-es", background, min_region_area),
+                self.engine.config.preprocess,
+                text_cache_dir=resolve_cache_dir(ModelSpec(cache_dir=self.settings.cache_dir)),
+            )
+        return self._segmenters[key]
 
     @property
     def info(self) -> dict[str, Any]:

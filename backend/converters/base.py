@@ -141,6 +141,10 @@ class Converter(ABC):
     def region_value(self, selected: Sequence[ClassDef]) -> dict[str, Any]:
         """The region's `value` for the selected classes."""
 
+    def read_output(self, data: Mapping[str, Any]) -> Any:
+        """The worker's plain JSON for this control and one task, read back for `to_regions`."""
+        return ControlOutput.from_json(data)
+
     def to_regions(self, output: ControlOutput, plan: ControlPlan) -> list[dict[str, Any]]:
         """Pure: the result regions for one task (empty when nothing is selected)."""
         selected = select_labels(output, plan)

@@ -58,7 +58,9 @@ class RegionPlan(ControlPlan):
     min_region_area: int = 0
 
     def to_payload(self) -> dict[str, Any]:
-        return {**super().to_payload(), "masks": {"mode": self.mode, "min_region_area": self.min_region_area}}
+        # threshold: the worker segments exactly the labels `select_labels` keeps (masks compete for pixels).
+        masks = {"mode": self.mode, "min_region_area": self.min_region_area, "threshold": self.threshold}
+        return {**super().to_payload(), "masks": masks}
 
     def fingerprint(self) -> list[Any]:
         return [*super().fingerprint(), self.mode, self.min_region_area]
@@ -194,6 +196,9 @@ class RegionConverter(Converter):
 
     def region_value(self, selected: Sequence[ClassDef]) -> dict[str, Any]:
         return {self.labels_key: [c.value[0] for c in selected]}
+
+    def read_output(self, data: Mapping[str, Any]) -> MaskOutput:
+        return MaskOutput.from_json(data)
 
     def to_regions(self, output: MaskOutput | Mapping[str, Any], plan: ControlPlan) -> list[dict[str, Any]]:
         """Pure: the result regions for one task, for the selected labels that have a mask."""

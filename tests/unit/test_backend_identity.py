@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from backend.converters import MaskDefaults
 from backend.identity import model_key, model_version, normalize_background
 from backend.labelconfig import parse_label_config
 from backend.settings import Settings
@@ -71,3 +72,32 @@ def test_checkpoint_identity_is_its_content_not_its_path(tmp_path):
 def test_background_spellings_normalize():
     assert normalize_background("VOC") == "voc"
     assert normalize_background(" sky , grass ") == normalize_background(["sky", "grass"]) == "sky,grass"
+
+
+REGIONS = CONFIG.replace(
+    "</View>", '<BrushLabels name="mask" toName="image"><Label value="Cat"/><Label value="Dog"/></BrushLabels></View>'
+)
+
+
+def region_version(config: str = REGIONS, masks: MaskDefaults | None = None) -> str:
+    settings = Settings()
+    plan = parse_label_config(config, None, masks).plan
+    return model_version(model_key(settings), settings.model_name, plan, normalize_background("voc"))
+
+
+def test_mask_settings_change_the_version():
+    base = region_version()
+    assert base != version()  # the brush control is predicted
+    variants = {
+        "mode_attribute": region_version(REGIONS.replace('name="mask"', 'name="mask" model_mask_mode="clip-es"')),
+        "area_attribute": region_version(REGIONS.replace('name="mask"', 'name="mask" model_min_region_area="20"')),
+        "mode_extra_params": region_version(masks=MaskDefaults(mode="clip-es")),
+        "area_extra_params": region_version(masks=MaskDefaults(min_region_area=20)),
+    }
+    assert base not in variants.values()
+    assert variants["mode_attribute"] == variants["mode_extra_params"]  # the same plan, wherever it came from
+    assert variants["area_attribute"] == variants["area_extra_params"]
+    assert len({variants["mode_attribute"], variants["area_attribute"]}) == 2
+    # Masks off: the brush control is not predicted, so the version is the Choices-only one.
+    assert region_version(masks=MaskDefaults(enabled=False)) == version()
+    assert region_version(masks=MaskDefaults()) == base

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from backend.converters import MaskDefaults
 from backend.errors import LabelConfigError
 from backend.labelconfig import LabelConfigCache, parse_label_config
 
@@ -65,13 +66,32 @@ CASES = {
     "unsupported_controls_are_skipped": (
         f'<View>{IMG}<Text name="txt" value="$text"/>'
         '<Choices name="sent" toName="txt"><Choice value="pos"/></Choices>'
-        '<RectangleLabels name="box" toName="image"><Label value="Cat"/></RectangleLabels>'
+        '<KeyPointLabels name="kp" toName="image"><Label value="Cat"/></KeyPointLabels>'
         '<Choices name="region" toName="image" perRegion="true"><Choice value="x"/></Choices>'
         '<Choices name="dyn" toName="image" value="$options"/></View>',
         [],
         4,
     ),
     "no_controls": (f"<View>{IMG}</View>", [], 0),
+    "region_controls_like_choices": (
+        f'<View>{IMG}<BrushLabels name="mask" toName="image"><Label value="Cat" predicted_values="cat,kitten"/>'
+        '<Label value="Dog"/></BrushLabels><RectangleLabels name="box" toName="image" model_score_threshold="0.4">'
+        '<Label value="Car" alias="c"/></RectangleLabels><PolygonLabels name="poly" toName="image">'
+        '<Label value="Tree"/></PolygonLabels></View>',
+        [
+            ("mask", "BrushLabels", "image", "image", False, None, [("Cat", ("cat", "kitten")), ("Dog", ("Dog",))]),
+            ("box", "RectangleLabels", "image", "image", False, 0.4, [("c", ("Car",))]),
+            ("poly", "PolygonLabels", "image", "image", False, None, [("Tree", ("Tree",))]),
+        ],
+        0,
+    ),
+    "region_controls_off_or_not_on_an_image": (
+        f'<View>{IMG}<Text name="txt" value="$text"/><BrushLabels name="mask" toName="image" model_masks="false">'
+        '<Label value="Cat"/></BrushLabels><RectangleLabels name="box" toName="txt"><Label value="Cat"/>'
+        "</RectangleLabels></View>",
+        [],
+        2,
+    ),
 }
 
 
@@ -125,3 +145,49 @@ def test_cache_returns_the_same_parse_and_keys_on_threshold():
     config = CASES["single_choice_default"][0]
     assert cache.get(config) is cache.get(config)
     assert cache.get(config, 0.5) is not cache.get(config)
+
+
+REGIONS = (
+    f'<View>{IMG}<Choices name="tags" toName="image" choice="multiple"><Choice value="Cat"/></Choices>'
+    '<BrushLabels name="mask" toName="image" model_mask_mode="clip-es"><Label value="Cat"/></BrushLabels>'
+    '<RectangleLabels name="box" toName="image" model_min_region_area="9"><Label value="Cat"/></RectangleLabels>'
+    '<PolygonLabels name="poly" toName="image" model_masks="true"><Label value="Cat"/></PolygonLabels></View>'
+)
+
+
+def masks_of(plan) -> dict:
+    return {c.name: c.to_payload().get("masks") for c in plan.controls}
+
+
+def test_mask_settings_tag_attribute_over_extra_params_over_defaults():
+    plan = parse_label_config(REGIONS).plan
+    assert masks_of(plan) == {
+        "tags": None,
+        "mask": {"mode": "clip-es", "min_region_area": 0, "threshold": None},
+        "box": {"mode": "coarse", "min_region_area": 9, "threshold": None},
+        "poly": {"mode": "coarse", "min_region_area": 0, "threshold": None},
+    }
+    assert plan.has_masks
+    project = MaskDefaults(mode="clip-es", min_region_area=50)
+    assert masks_of(parse_label_config(REGIONS, mask_defaults=project).plan) == {
+        "tags": None,
+        "mask": {"mode": "clip-es", "min_region_area": 50, "threshold": None},
+        "box": {"mode": "clip-es", "min_region_area": 9, "threshold": None},
+        "poly": {"mode": "clip-es", "min_region_area": 50, "threshold": None},
+    }
+
+
+def test_masks_off_for_the_project_leave_only_controls_that_insist():
+    plan = parse_label_config(REGIONS, mask_defaults=MaskDefaults(enabled=False)).plan
+    assert [c.name for c in plan.controls] == ["tags", "poly"]  # poly says model_masks="true"
+    assert sum("switched off" in reason for reason in plan.skipped) == 2
+    choices_only = REGIONS.replace(' model_masks="true"', "")
+    plan = parse_label_config(choices_only, mask_defaults=MaskDefaults(enabled=False)).plan
+    assert [c.name for c in plan.controls] == ["tags"] and not plan.has_masks
+
+
+def test_cache_keys_on_mask_defaults():
+    cache = LabelConfigCache()
+    assert cache.get(REGIONS) is cache.get(REGIONS)
+    off = cache.get(REGIONS, None, MaskDefaults(enabled=False))
+    assert off is not cache.get(REGIONS) and len(off.plan.controls) == 2

@@ -130,7 +130,7 @@ def test_brush_regions(interface):
     converter = BrushLabelsConverter()
     plan = plan_for(interface, "mask", converter)
     assert plan.mode == "clip-es" and plan.min_region_area == 5
-    assert plan.to_payload()["masks"] == {"mode": "clip-es", "min_region_area": 5}
+    assert plan.to_payload()["masks"] == {"mode": "clip-es", "min_region_area": 5, "threshold": None}
     assert plan.classes[0].prompts == ("cat", "kitty")
     output = worker_output()
     regions = converter.to_regions(output, plan)
