@@ -12,6 +12,7 @@ from typing import Any
 from flask import Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from . import jobs_api
 from .errors import BadRequestError, HTTPError, UnauthorizedError
 from .metrics import Metrics
 from .predict import Predictor
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     app.add_url_rule("/predict", "predict", _predict, methods=["POST"])
     app.add_url_rule("/webhook", "webhook", _webhook, methods=["POST"])
     app.add_url_rule("/metrics", "metrics", _metrics, methods=["GET"])
+    jobs_api.register(app, settings, redis, state.predictor)  # POST /jobs, GET /jobs/<id>: bulk pre-annotation
     return app
 
 
@@ -118,7 +120,7 @@ def _unexpected_error(e: Exception) -> tuple[Response, int]:
 
 # --- routes ---
 def _index() -> Response:
-    return jsonify(name="tagclip-studio", routes=["/health", "/setup", "/predict", "/webhook", "/metrics"])
+    return jsonify(name="tagclip-studio", routes=["/health", "/setup", "/predict", "/webhook", "/metrics", "/jobs"])
 
 
 def _health() -> Response:

@@ -79,3 +79,32 @@ class DownloadTooLargeError(DownloadError):
 
 class LabelStudioAuthError(DownloadError):
     """Label Studio refused the key (legacy token disabled, wrong key, PAT refresh failed)."""
+
+
+class LabelStudioAPIError(HTTPError):
+    """Label Studio answered a REST call with an error status, or could not be reached.
+
+    `ls_status` is Label Studio's HTTP status (None when there was no answer). The backend answers 502.
+    """
+
+    status = 502
+
+    def __init__(self, message: str, ls_status: int | None = None) -> None:
+        super().__init__(message)
+        self.ls_status = ls_status
+
+
+class QueueRequiredError(ServiceUnavailableError):
+    """Bulk pre-annotation needs Redis (REDIS_URL): its state and chunks live there."""
+
+
+class BulkJobNotFoundError(HTTPError):
+    """No bulk job with this id (it never existed, or its state expired from Redis)."""
+
+    status = 404
+
+
+class BulkSetupError(HTTPError):
+    """A bulk request cannot start: no label config to predict, a filter we cannot page, a bad option."""
+
+    status = 400

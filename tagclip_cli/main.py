@@ -40,6 +40,9 @@ COMMANDS: tuple[Command, ...] = (
     Command("serve", "tagclip_cli.serve", "run the Label Studio ML backend (gunicorn) on PORT"),
     Command("worker", "tagclip_cli.worker", "run a prediction worker on the backend's Redis queue"),
     Command("segment", "tagclip_cli.segment", "masks for each image's tags (CLIP-ES or coarse): .npz + overlay PNG"),
+    Command("preannotate", "tagclip_cli.preannotate", "pre-annotate a whole Label Studio project with the workers"),
+    Command("export", "tagclip_cli.export", "export a project's reviewed annotations as JSON lines, CSV or COCO"),
+    Command("report", "tagclip_cli.report", "model predictions vs reviewed annotations: P/R/F1/AP, thresholds"),
 )
 
 

@@ -29,6 +29,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from backend import presence
+from backend.bulk.state import bulk_queue_name
 from backend.errors import SettingsError
 from backend.settings import Settings
 
@@ -139,8 +140,10 @@ def run_worker(settings: Settings, name: str | None = None, burst: bool = False)
                 continue
             delay = 0.5
             queue = Queue(settings.queue_name, connection=connection, serializer=JSONSerializer)
+            # Bulk pre-annotation chunks wait behind interactive /predict jobs (RQ takes queues in order).
+            bulk = Queue(bulk_queue_name(settings.queue_name), connection=connection, serializer=JSONSerializer)
             worker = TagclipWorker(
-                [queue],
+                [queue, bulk],
                 connection=connection,
                 serializer=JSONSerializer,
                 runtime=runtime,
@@ -151,7 +154,7 @@ def run_worker(settings: Settings, name: str | None = None, burst: bool = False)
                 maintenance_interval=MAINTENANCE_INTERVAL,
             )
             incarnation += 1
-            log.info("worker %s consuming queue %r", worker.name, settings.queue_name)
+            log.info("worker %s consuming queues %r, %r", worker.name, queue.name, bulk.name)
             try:
                 worker.work(burst=burst, logging_level=settings.log_level)
             except RedisError as e:

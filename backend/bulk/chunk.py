@@ -1,0 +1,164 @@
+"""What a worker does with one bulk chunk, minus the model: check the payload and the version, skip tasks
+already done, predict the rest (through the `predict` function the worker passes in: its existing
+`predict_chunk`), turn outputs into validated Label Studio predictions with the backend's converters,
+write them back exactly once, and record the outcome in the job's state.
+
+No torch here: worker/bulk.py binds the engine; tests can run this with the real worker through RQ.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from redis import Redis
+
+from ..converters import converter_for
+from ..converters.base import ControlPlan, prediction_score
+from ..errors import ModelMismatchError
+from ..jobspec import build_payloads
+from ..lsapi import LabelStudioClient
+from ..settings import Settings
+from .ledger import Ledger
+from .payload import SCHEMA, BulkChunk, BulkTask, parse_payload
+from .state import BulkStore
+from .version import ResolvedVersion, resolve_version, versions_predictor
+from .writeback import PredictionWriter
+
+log = logging.getLogger(__name__)
+
+# Region key holding every class's score of a whole-image control (what the report needs for AP and
+# thresholds); Label Studio stores it with the region and its editor ignores it.
+LABEL_SCORES_KEY = "label_scores"
+# Region types that label the whole image (their regions get LABEL_SCORES_KEY).
+WHOLE_IMAGE_TYPES = ("choices", "taxonomy")
+
+PredictFunction = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def run_chunk(payload: Any, predict: PredictFunction, redis: Redis, settings: Settings, owner: str) -> dict[str, Any]:
+    """Run one bulk chunk; returns its summary (plain JSON). Raises when the chunk cannot run at all
+    (malformed payload, other weights, Label Studio unreachable) so RQ records and retries it."""
+    chunk = parse_payload(payload)
+    resolved = resolve_version(versions_predictor(settings), chunk.label_config, chunk.extra_params)
+    if resolved.model_version != chunk.model_version:
+        raise ModelMismatchError(
+            f"chunk of job {chunk.job} is for model_version {chunk.model_version}, this worker computes "
+            f"{resolved.model_version}: give the planner and the workers the same TAGCLIP_* settings and weights"
+        )
+    store = BulkStore(redis, chunk.queue)
+    store.chunk_started(chunk.job)
+    ledger = Ledger(redis, chunk.queue, chunk.project, chunk.model_version)
+    ids = [t.id for t in chunk.tasks]
+    pending_ids = set(ledger.not_done(ids))
+    already = [t for t in ids if t not in pending_ids]
+    pending = [t for t in chunk.tasks if t.id in pending_ids]
+
+    started = time.perf_counter()
+    items, failed = predictions_for(chunk, pending, resolved, predict) if pending else ({}, {})
+    predict_seconds = time.perf_counter() - started
+
+    client = LabelStudioClient(chunk.source)
+    writer = PredictionWriter(client, ledger, chunk.project, chunk.model_version, chunk.write, owner)
+    outcome = writer.write(items)
+    failed.update(outcome.failed)
+    recovered = already + outcome.recovered
+    store.record_chunk(
+        chunk.job,
+        outcome.written,
+        recovered,
+        failed,
+        predict_seconds,
+        outcome.seconds,
+        outcome.store_seconds,
+        outcome.methods,
+    )
+    if failed:
+        log.warning("job %s: %d task(s) failed: %s", chunk.job, len(failed), _sample(failed))
+    return {
+        "schema": SCHEMA,
+        "job": chunk.job,
+        "worker": owner,
+        "written": outcome.written,
+        "recovered": recovered,
+        "elsewhere": outcome.elsewhere,
+        "write": {m: stored for m, (stored, _) in outcome.methods.items()},
+        "failed": {str(k): v for k, v in failed.items()},
+        "seconds": {
+            "predict": round(predict_seconds, 4),
+            "write": round(outcome.seconds, 4),
+            "store": round(outcome.store_seconds, 4),
+        },
+    }
+
+
+def predictions_for(
+    chunk: BulkChunk, tasks: Sequence[BulkTask], resolved: ResolvedVersion, predict: PredictFunction
+) -> tuple[dict[int, dict[str, Any]], dict[int, str]]:
+    """Predict `tasks` and build their Label Studio predictions. Returns (task -> prediction body,
+    task -> failure reason)."""
+    plan = resolved.parsed.plan
+    job_payload = build_payloads(
+        [c.to_payload() for c in plan.controls],
+        [{"id": t.id, "data": dict(t.data)} for t in tasks],
+        chunk.source,
+        resolved.options.background,
+        resolved.model_key,
+        max(1, len(tasks)),
+    )[0]
+    result = predict(job_payload)
+    entries = {e.get("index"): e for e in result.get("tasks", []) if isinstance(e, Mapping)}
+    items: dict[int, dict[str, Any]] = {}
+    failed: dict[int, str] = {}
+    for index, task in enumerate(tasks):
+        entry = entries.get(index)
+        if entry is None:
+            failed[task.id] = "the worker returned no entry for this task"
+        elif entry.get("error"):
+            failed[task.id] = f"{entry.get('kind') or 'error'}: {entry['error']}"
+        else:
+            try:
+                regions = task_regions(entry.get("outputs") or {}, plan.controls)
+            except (KeyError, TypeError, ValueError) as e:
+                failed[task.id] = f"malformed worker output: {e}"
+                continue
+            errors = resolved.parsed.interface.validate_prediction({"result": regions}, return_errors=True)
+            if errors:
+                failed[task.id] = f"prediction failed validation: {errors}"
+                continue
+            items[task.id] = {
+                "task": task.id,
+                "result": regions,
+                "score": prediction_score(regions),
+                "model_version": resolved.model_version,
+            }
+    return items, failed
+
+
+def task_regions(outputs: Mapping[str, Any], controls: Sequence[ControlPlan]) -> list[dict[str, Any]]:
+    """The worker's outputs of one task -> result regions, as /predict builds them, plus every class's
+    score on whole-image regions (LABEL_SCORES_KEY)."""
+    regions: list[dict[str, Any]] = []
+    for plan in controls:
+        if plan.name not in outputs:
+            continue
+        converter = converter_for(plan)
+        made = converter.to_regions(converter.read_output(outputs[plan.name]), plan)
+        scores = label_scores(outputs[plan.name], plan)
+        for region in made:
+            if region.get("type") in WHOLE_IMAGE_TYPES and scores:
+                region[LABEL_SCORES_KEY] = scores
+        regions.extend(made)
+    return regions
+
+
+def label_scores(output: Mapping[str, Any], plan: ControlPlan) -> dict[str, float]:
+    """Every class's score for one control, keyed by the class label (config order)."""
+    by_label = dict(zip(output.get("labels", []), output.get("scores", []), strict=False))
+    return {c.label: float(by_label[c.label]) for c in plan.classes if c.label in by_label}
+
+
+def _sample(failed: Mapping[int, str], n: int = 3) -> str:
+    return "; ".join(f"task {k}: {v}" for k, v in list(failed.items())[:n])

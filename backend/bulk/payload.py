@@ -1,0 +1,105 @@
+"""The bulk chunk payload: plain JSON that crosses the queue (RQ's JSON serializer), built by the planner
+and checked by the worker.
+
+    {"schema": 1, "job": str, "queue": str, "project": int, "model_version": str,
+     "label_config": str, "extra_params": {...}, "write": "auto" | "import" | "single",
+     "source": {"url": str, "api_key": str},
+     "tasks": [{"id": int, "data": {data_key: image reference}}]}
+
+The result is plain JSON too: {"schema": 1, "job": str, "worker": str, "written": [ids], "recovered": [ids],
+"elsewhere": [ids], "failed": {id: reason}, "seconds": {"predict": s, "write": s, "store": s}}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import PayloadError
+from ..fetch import Source
+
+SCHEMA = 1
+# The job function, by dotted path (the planner never imports it: no torch in the web process or CLI).
+JOB_FUNCTION = "worker.bulk.preannotate_chunk"
+# How predictions are written back: the bulk import endpoint, one POST /api/predictions per task, or per
+# chunk whichever has been cheaper per task (backend.bulk.method).
+WRITE_AUTO = "auto"
+WRITE_IMPORT = "import"
+WRITE_SINGLE = "single"
+WRITE_METHODS = (WRITE_AUTO, WRITE_IMPORT, WRITE_SINGLE)
+
+
+@dataclass(frozen=True)
+class BulkTask:
+    id: int
+    data: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class BulkChunk:
+    job: str
+    queue: str
+    project: int
+    model_version: str
+    label_config: str
+    extra_params: Mapping[str, Any]
+    write: str
+    source: Source
+    tasks: tuple[BulkTask, ...]
+
+
+def build_payload(chunk: BulkChunk) -> dict[str, Any]:
+    return {
+        "schema": SCHEMA,
+        "job": chunk.job,
+        "queue": chunk.queue,
+        "project": chunk.project,
+        "model_version": chunk.model_version,
+        "label_config": chunk.label_config,
+        "extra_params": dict(chunk.extra_params),
+        "write": chunk.write,
+        "source": {"url": chunk.source.url, "api_key": chunk.source.api_key},
+        "tasks": [{"id": t.id, "data": dict(t.data)} for t in chunk.tasks],
+    }
+
+
+def task_refs(tasks: Sequence[Mapping[str, Any]], data_keys: Sequence[str]) -> tuple[BulkTask, ...]:
+    """Label Studio task dicts -> the task references a chunk carries (only the image keys it needs)."""
+    out = []
+    for task in tasks:
+        data = task.get("data") if isinstance(task.get("data"), Mapping) else {}
+        out.append(BulkTask(int(task["id"]), {key: data.get(key) for key in data_keys}))
+    return tuple(out)
+
+
+def parse_payload(payload: Any) -> BulkChunk:
+    """Check a payload against the schema; raises PayloadError naming the bad field."""
+    if not isinstance(payload, Mapping):
+        raise PayloadError(f"bulk payload must be an object, got {type(payload).__name__}")
+    if payload.get("schema") != SCHEMA:
+        raise PayloadError(f"bulk payload schema {payload.get('schema')!r} is not {SCHEMA} (version skew)")
+    try:
+        source = payload["source"]
+        chunk = BulkChunk(
+            job=_text(payload["job"], "job"),
+            queue=_text(payload["queue"], "queue"),
+            project=int(payload["project"]),
+            model_version=_text(payload["model_version"], "model_version"),
+            label_config=_text(payload["label_config"], "label_config"),
+            extra_params=dict(payload.get("extra_params") or {}),
+            write=_text(payload["write"], "write"),
+            source=Source(url=source.get("url"), api_key=source.get("api_key")),
+            tasks=tuple(BulkTask(int(t["id"]), dict(t["data"])) for t in payload["tasks"]),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise PayloadError(f"malformed bulk payload: {type(e).__name__}: {e}") from e
+    if chunk.write not in WRITE_METHODS:
+        raise PayloadError(f"bulk payload write={chunk.write!r} is not one of {WRITE_METHODS}")
+    return chunk
+
+
+def _text(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise PayloadError(f"bulk payload {field} must be a non-empty string, got {value!r}")
+    return value

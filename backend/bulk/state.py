@@ -1,0 +1,243 @@
+"""A bulk job's state in Redis, shared by the CLI, the backend and the workers.
+
+    tagclip:<queue>:bulk:job:<id>             hash: project, model_version, label_config, extra_params, write,
+                                              chunk_size, created_at, listed, listing_beat, skipped_existing,
+                                              started_at, finished_at, predict_seconds, write_seconds, written
+    tagclip:<queue>:bulk:job:<id>:tasks       set: every task the job took on
+    tagclip:<queue>:bulk:job:<id>:done        set: tasks that have their prediction (written or found)
+    tagclip:<queue>:bulk:job:<id>:recovered   set: the done tasks whose prediction was found in Label Studio
+    tagclip:<queue>:bulk:job:<id>:failed      hash: task -> reason (cleared when the task is done later)
+    tagclip:<queue>:bulk:job:<id>:chunks      hash: RQ job id -> JSON task ids, for chunks not yet settled
+    tagclip:<queue>:bulk:job:<id>:progress    list: "<unix time> <tasks finished>" per chunk, newest first
+    tagclip:<queue>:bulk:active:<project>:<version>   the job taking on new tasks for this project/version
+    tagclip:<queue>:bulk:latest:<project>:<version>   the newest job (for --retry-failed)
+
+Every key expires STATE_TTL after the job's last planner write.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from redis import Redis
+from redis.client import Pipeline
+
+from ..errors import BulkJobNotFoundError
+
+# Job state is kept this long after the planner last touched it.
+STATE_TTL = 30 * 24 * 3600
+# Progress entries kept per job (one per chunk); the rate uses the recent ones.
+PROGRESS_ENTRIES = 2000
+
+
+def bulk_queue_name(queue_name: str) -> str:
+    """The RQ queue of bulk chunks: workers take interactive /predict jobs first, then these."""
+    return f"{queue_name}-bulk"
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class BulkStore:
+    """Reads and writes one queue's bulk jobs."""
+
+    def __init__(self, redis: Redis, queue_name: str) -> None:
+        self.redis = redis
+        self.queue_name = queue_name
+        self.prefix = f"tagclip:{queue_name}:bulk"
+
+    # --- keys ---
+    def job_key(self, job: str, part: str = "") -> str:
+        return f"{self.prefix}:job:{job}" + (f":{part}" if part else "")
+
+    def active_key(self, project: int, version: str) -> str:
+        return f"{self.prefix}:active:{project}:{version}"
+
+    def latest_key(self, project: int, version: str) -> str:
+        return f"{self.prefix}:latest:{project}:{version}"
+
+    def all_keys(self, job: str) -> list[str]:
+        return [self.job_key(job)] + [
+            self.job_key(job, p) for p in ("tasks", "done", "recovered", "failed", "chunks", "progress")
+        ]
+
+    # --- jobs ---
+    def create(self, fields: Mapping[str, Any]) -> str:
+        """A new job (hash fields as given, plus id and created_at); returns its id."""
+        job = new_job_id()
+        values = {k: v if isinstance(v, (str, int, float)) else json.dumps(v) for k, v in fields.items()}
+        values.update({"id": job, "created_at": time.time(), "listed": 0})
+        with self.redis.pipeline() as pipe:
+            pipe.hset(self.job_key(job), mapping=values)
+            pipe.expire(self.job_key(job), STATE_TTL)
+            pipe.execute()
+        return job
+
+    def claim_active(self, project: int, version: str, job: str) -> str:
+        """Make `job` the active job of (project, version) unless one is; returns the active job's id."""
+        key = self.active_key(project, version)
+        if self.redis.set(key, job, nx=True, ex=STATE_TTL):
+            self.redis.set(self.latest_key(project, version), job, ex=STATE_TTL)
+            return job
+        current = self.redis.get(key)
+        return _text(current) if current else self.claim_active(project, version, job)
+
+    def active(self, project: int, version: str) -> str | None:
+        value = self.redis.get(self.active_key(project, version))
+        return _text(value) if value else None
+
+    def latest(self, project: int, version: str) -> str | None:
+        value = self.redis.get(self.latest_key(project, version))
+        return _text(value) if value else None
+
+    def release_active(self, project: int, version: str, job: str) -> None:
+        """The job takes on no more tasks (it finished): the next run starts a new one."""
+        key = self.active_key(project, version)
+        with self.redis.pipeline() as pipe:
+            pipe.watch(key)
+            if _text(pipe.get(key) or b"") == job:
+                pipe.multi()
+                pipe.delete(key)
+                pipe.execute()
+            else:
+                pipe.unwatch()
+
+    def info(self, job: str) -> dict[str, str]:
+        raw = self.redis.hgetall(self.job_key(job))
+        if not raw:
+            raise BulkJobNotFoundError(f"no bulk job {job!r} on queue {self.queue_name!r} (unknown or expired)")
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    def set_fields(self, job: str, **fields: Any) -> None:
+        self.redis.hset(self.job_key(job), mapping=fields)
+
+    def touch(self, job: str, pipe: Pipeline | None = None) -> None:
+        target = pipe if pipe is not None else self.redis.pipeline()
+        for key in self.all_keys(job):
+            target.expire(key, STATE_TTL)
+        if pipe is None:
+            target.execute()
+
+    # --- tasks and chunks (planner) ---
+    def add_chunks(self, pipe: Pipeline, job: str, chunks: Mapping[str, Sequence[int]]) -> None:
+        """Inside the planner's transaction: record chunks (RQ id -> task ids) and their tasks."""
+        ids = [t for tasks in chunks.values() for t in tasks]
+        pipe.sadd(self.job_key(job, "tasks"), *ids)
+        pipe.hdel(self.job_key(job, "failed"), *ids)
+        pipe.hset(self.job_key(job, "chunks"), mapping={k: json.dumps(list(v)) for k, v in chunks.items()})
+        pipe.hincrby(self.job_key(job), "chunks_total", len(chunks))
+        pipe.hdel(self.job_key(job), "finished_at")
+        self.touch(job, pipe)
+
+    def live_chunks(self, job: str) -> dict[str, list[int]]:
+        raw = self.redis.hgetall(self.job_key(job, "chunks"))
+        return {_text(k): json.loads(v) for k, v in raw.items()}
+
+    def settle_chunk(self, job: str, rq_id: str, outcome: str) -> bool:
+        """Drop a chunk from the live set once its RQ job is terminal; True for the caller that did it."""
+        if not self.redis.hdel(self.job_key(job, "chunks"), rq_id):
+            return False
+        self.redis.hincrby(self.job_key(job), f"chunks_{outcome}", 1)
+        return True
+
+    def failed(self, job: str) -> dict[int, str]:
+        return {int(_text(k)): _text(v) for k, v in self.redis.hgetall(self.job_key(job, "failed")).items()}
+
+    def mark_failed(self, job: str, reasons: Mapping[int, str], only_if_unset: bool = False) -> None:
+        """Record failure reasons (tasks already done are left alone)."""
+        if not reasons:
+            return
+        ids = list(reasons)
+        done = self.redis.smismember(self.job_key(job, "done"), ids)
+        with self.redis.pipeline() as pipe:
+            for task, is_done in zip(ids, done, strict=True):
+                if is_done:
+                    continue
+                if only_if_unset:
+                    pipe.hsetnx(self.job_key(job, "failed"), str(task), reasons[task])
+                else:
+                    pipe.hset(self.job_key(job, "failed"), str(task), reasons[task])
+            pipe.execute()
+
+    def clear_failed(self, job: str, ids: Iterable[int]) -> None:
+        ids = [str(i) for i in ids]
+        if ids:
+            self.redis.hdel(self.job_key(job, "failed"), *ids)
+
+    def forget_done(self, job: str, ids: Iterable[int]) -> None:
+        """Tasks the verification found without a prediction: no longer done."""
+        ids = list(ids)
+        if ids:
+            with self.redis.pipeline() as pipe:
+                pipe.srem(self.job_key(job, "done"), *ids)
+                pipe.srem(self.job_key(job, "recovered"), *ids)
+                pipe.execute()
+
+    # --- chunk outcomes (workers) ---
+    def chunk_started(self, job: str) -> None:
+        self.redis.hsetnx(self.job_key(job), "started_at", time.time())
+
+    def record_chunk(
+        self,
+        job: str,
+        written: Sequence[int],
+        recovered: Sequence[int],
+        failed: Mapping[int, str],
+        predict_seconds: float,
+        write_seconds: float,
+        store_seconds: float = 0.0,
+        methods: Mapping[str, tuple[int, float]] | None = None,
+    ) -> None:
+        """A chunk's outcome, in one transaction: done and failed tasks, timings, a progress entry."""
+        now = time.time()
+        done = list(written) + list(recovered)
+        with self.redis.pipeline() as pipe:
+            if done:
+                pipe.sadd(self.job_key(job, "done"), *done)
+                pipe.hdel(self.job_key(job, "failed"), *done)
+            if recovered:
+                pipe.sadd(self.job_key(job, "recovered"), *recovered)
+            if failed:
+                pipe.hset(self.job_key(job, "failed"), mapping={str(k): v for k, v in failed.items()})
+            pipe.hincrbyfloat(self.job_key(job), "predict_seconds", predict_seconds)
+            pipe.hincrbyfloat(self.job_key(job), "write_seconds", write_seconds)
+            pipe.hincrbyfloat(self.job_key(job), "store_seconds", store_seconds)
+            for method, (stored, seconds) in (methods or {}).items():
+                pipe.hincrbyfloat(self.job_key(job), f"store_seconds_{method}", seconds)
+                pipe.hincrby(self.job_key(job), f"written_{method}", stored)
+            pipe.hincrby(self.job_key(job), "written", len(written))
+            pipe.hset(self.job_key(job), "last_progress_at", now)
+            pipe.lpush(self.job_key(job, "progress"), f"{now:.3f} {len(done) + len(failed)}")
+            pipe.ltrim(self.job_key(job, "progress"), 0, PROGRESS_ENTRIES - 1)
+            pipe.execute()
+
+    # --- counts ---
+    def counts(self, job: str) -> dict[str, int]:
+        with self.redis.pipeline() as pipe:
+            for part in ("tasks", "done", "recovered"):
+                pipe.scard(self.job_key(job, part))
+            pipe.hlen(self.job_key(job, "failed"))
+            tasks, done, recovered, failed = pipe.execute()
+        return {"tasks": tasks, "done": done, "recovered": recovered, "failed": failed}
+
+    def done_among(self, job: str, ids: Sequence[int]) -> list[bool]:
+        if not ids:
+            return []
+        return [bool(x) for x in self.redis.smismember(self.job_key(job, "done"), list(ids))]
+
+    def progress(self, job: str) -> list[tuple[float, int]]:
+        entries = self.redis.lrange(self.job_key(job, "progress"), 0, -1)
+        out = []
+        for entry in entries:
+            stamp, count = _text(entry).split()
+            out.append((float(stamp), int(count)))
+        return out

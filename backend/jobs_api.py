@@ -1,0 +1,174 @@
+"""Bulk pre-annotation over HTTP, next to the ML-backend routes:
+
+    POST /jobs {"project": id, "view": id | "filters": {...}, "chunk_size": n, "write": "auto" | "import" | "single",
+                "max_tasks": n, "url": LS URL, "api_key": key}          -> 202 {"id", "attached", ...}
+    GET  /jobs/<id>                                                        -> 200 status (backend.bulk.status)
+    POST /jobs/<id>/retry {"url", "api_key"}                               -> 202 {"id", "requeued"}
+
+The project is read and the model_version computed within the request (errors answer at once); listing
+and enqueueing run on a background thread of this process, so the answer comes before a 100k-task
+listing ends. `url`/`api_key` default to LABEL_STUDIO_URL/LABEL_STUDIO_API_KEY. Needs REDIS_URL.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, Response, current_app, jsonify, request
+from redis import Redis
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from .bulk.planner import DEFAULT_CHUNK_SIZE, BulkPlanner, BulkRequest, Prepared
+from .bulk.state import BulkStore, bulk_queue_name
+from .bulk.status import job_status
+from .errors import BackendError, BadRequestError, QueueRequiredError
+from .fetch import Source
+from .lsapi import LabelStudioClient
+from .predict import Predictor
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+EXTENSION = "tagclip_jobs"
+# Background listings running at once in one backend process.
+LISTING_THREADS = 2
+
+
+@dataclass
+class JobsService:
+    settings: Settings
+    redis: Redis | None
+    predictor: Predictor
+    executor: ThreadPoolExecutor
+
+    def redis_or_fail(self) -> Redis:
+        if self.redis is None:
+            raise QueueRequiredError(
+                "bulk pre-annotation needs REDIS_URL (the job state and chunks live in Redis, workers run them); "
+                "this backend runs in embedded mode"
+            )
+        return self.redis
+
+    def planner(self, body: Mapping[str, Any]) -> BulkPlanner:
+        redis = self.redis_or_fail()
+        source = Source(
+            url=_opt_str(body, "url") or self.settings.label_studio_url,
+            api_key=_opt_str(body, "api_key") or self.settings.label_studio_api_key,
+        )
+        if not source.url or not source.api_key:
+            raise BadRequestError(
+                "no Label Studio URL and key: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY on the backend, "
+                "or pass url and api_key"
+            )
+        return BulkPlanner(self.settings, redis, LabelStudioClient(source), self.predictor)
+
+
+def register(app: Flask, settings: Settings, redis: Redis | None, predictor: Predictor) -> None:
+    """Add the /jobs routes to the backend app; their state lives on the app."""
+    executor = ThreadPoolExecutor(LISTING_THREADS, thread_name_prefix="tagclip-bulk-listing")
+    app.extensions[EXTENSION] = JobsService(settings, redis, predictor, executor)
+    app.add_url_rule("/jobs", "jobs_create", _create, methods=["POST"])
+    app.add_url_rule("/jobs/<job_id>", "jobs_status", _status, methods=["GET"])
+    app.add_url_rule("/jobs/<job_id>/retry", "jobs_retry", _retry, methods=["POST"])
+
+
+def _service() -> JobsService:
+    return current_app.extensions[EXTENSION]
+
+
+def _body() -> dict[str, Any]:
+    body = request.get_json(silent=True, force=True)
+    if body is None and not request.get_data():
+        return {}
+    if not isinstance(body, dict):
+        raise BadRequestError("request body must be a JSON object")
+    return body
+
+
+def _create() -> tuple[Response, int]:
+    body = _body()
+    service = _service()
+    bulk_request = BulkRequest(
+        project=_int(body, "project", required=True),
+        view=_int(body, "view"),
+        filters=_mapping(body, "filters"),
+        chunk_size=_int(body, "chunk_size") or DEFAULT_CHUNK_SIZE,
+        write=_opt_str(body, "write") or "auto",
+        max_tasks=_int(body, "max_tasks"),
+    )
+    planner = service.planner(body)
+    prepared = planner.prepare(bulk_request)
+    started = planner.start(prepared)
+    service.executor.submit(_list_in_background, planner, started.job, prepared)
+    return (
+        jsonify(
+            id=started.job,
+            attached=started.attached,
+            project=bulk_request.project,
+            model_version=prepared.model_version,
+            status_url=f"/jobs/{started.job}",
+        ),
+        202,
+    )
+
+
+def _list_in_background(planner: BulkPlanner, job: str, prepared: Prepared) -> None:
+    started = time.monotonic()
+    try:
+        count = planner.enqueue_all(job, prepared)
+    except BackendError as e:
+        log.warning("bulk job %s: listing stopped: %s", job, e)
+        planner.store.set_fields(job, listing_error=str(e))
+    except Exception:
+        log.exception("bulk job %s: listing failed", job)
+        planner.store.set_fields(job, listing_error="internal error; see the backend log")
+    else:
+        log.info("bulk job %s: %d tasks enqueued in %.1f s", job, count, time.monotonic() - started)
+
+
+def _status(job_id: str) -> Response:
+    service = _service()
+    redis = service.redis_or_fail()
+    store = BulkStore(redis, service.settings.queue_name)
+    queue = Queue(bulk_queue_name(service.settings.queue_name), connection=redis, serializer=JSONSerializer)
+    status = job_status(store, queue, job_id)
+    error = store.info(job_id).get("listing_error")
+    if error:
+        status["listing_error"] = error
+    return jsonify(status)
+
+
+def _retry(job_id: str) -> tuple[Response, int]:
+    planner = _service().planner(_body())
+    return jsonify(id=job_id, requeued=planner.retry_failed(job_id)), 202
+
+
+def _int(body: Mapping[str, Any], key: str, required: bool = False) -> int | None:
+    value = body.get(key)
+    if value is None:
+        if required:
+            raise BadRequestError(f"'{key}' is required")
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequestError(f"'{key}' must be an integer, got {value!r}")
+    return value
+
+
+def _opt_str(body: Mapping[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise BadRequestError(f"'{key}' must be a string")
+    return value or None
+
+
+def _mapping(body: Mapping[str, Any], key: str) -> Mapping[str, Any] | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, (Mapping, list)):
+        raise BadRequestError(f"'{key}' must be a Data Manager filter object")
+    return value

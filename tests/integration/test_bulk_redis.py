@@ -1,0 +1,100 @@
+"""Bulk state on real Redis: the write ledger's claims (taken atomically, blocked by live owners, taken over
+from dead ones or after the lease, released, confirmed, forgotten when Label Studio says a task has nothing),
+and the choice of write-back method from measured costs."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+import redis
+
+from backend import presence
+from backend.bulk.ledger import Ledger, owner_name
+from backend.bulk.method import PROBE_EVERY, PROBE_TASKS, WriteCosts
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def ledger(redis_url):
+    connection = redis.Redis.from_url(redis_url)
+    queue = f"tagclip-it-ledger-{uuid.uuid4().hex[:8]}"
+    yield Ledger(connection, queue, project=5, model_version="tagclip-test")
+    for key in connection.scan_iter(f"tagclip:{queue}:*"):
+        connection.delete(key)
+
+
+def test_claims_are_exclusive_until_confirmed_or_released(ledger):
+    presence.beat(ledger.redis, ledger.queue_name, "alive", {"pid": 42}, interval=30)
+    me = owner_name("alive", 42)
+    presence.beat(ledger.redis, ledger.queue_name, "alive2", {"pid": 43}, interval=30)
+    other = owner_name("alive2", 43)
+    first = ledger.claim([1, 2, 3], me)
+    assert first.claimed == [1, 2, 3] and not first.busy
+    second = ledger.claim([2, 3, 4], other)
+    assert second.claimed == [4] and second.busy == {2: me, 3: me}
+    assert ledger.claim([1], me).claimed == [1]  # the owner may claim again (a retry of its own chunk)
+    ledger.confirm([1])
+    assert ledger.claim([1], other).done == [1] and ledger.not_done([1, 2, 5]) == [2, 5]
+    assert ledger.release([2, 4], me) == 1  # only its own claims
+    assert ledger.claim([2], other).claimed == [2]
+
+
+def test_claims_of_dead_owners_and_lapsed_leases_are_taken_over(ledger):
+    ghost = owner_name("gone", 1)  # no presence entry: its worker is dead
+    assert ledger.claim([7], ghost).claimed == [7]
+    presence.beat(ledger.redis, ledger.queue_name, "alive", {"pid": 42}, interval=30)
+    me = owner_name("alive", 42)
+    assert ledger.claim([7], me).claimed == [7]
+    # A live owner's claim holds until its lease lapses; claim_waiting waits for that.
+    presence.beat(ledger.redis, ledger.queue_name, "alive2", {"pid": 43}, interval=30)
+    other = owner_name("alive2", 43)
+    assert ledger.claim([8], me, lease=1.0).claimed == [8]
+    started = time.monotonic()
+    result, still_busy = ledger.claim_waiting([8], other, patience=10)
+    assert result.claimed == [8] and not still_busy and 0.5 < time.monotonic() - started < 5
+    # A restarted worker with the same name but another pid does not own the old claims.
+    assert ledger.claim([9], owner_name("alive", 41)).claimed == [9]
+    assert ledger.claim([9], me).claimed == [9]
+
+
+def test_waiting_ends_when_the_holder_confirms(ledger):
+    presence.beat(ledger.redis, ledger.queue_name, "a", {"pid": 1}, interval=30)
+    presence.beat(ledger.redis, ledger.queue_name, "b", {"pid": 2}, interval=30)
+    holder, waiter = owner_name("a", 1), owner_name("b", 2)
+    ledger.claim([10, 11], holder)
+    threading.Timer(0.6, ledger.confirm, args=([10, 11],)).start()
+    result, still_busy = ledger.claim_waiting([10, 11], waiter, patience=10)
+    assert result.done == [10, 11] and not result.claimed and not still_busy
+
+
+def test_forgetting_done_marks_leaves_claims(ledger):
+    ledger.confirm([1, 2])
+    ledger.claim([3], owner_name("x", 1))
+    ledger.forget_done([1, 3])
+    assert ledger.not_done([1, 2, 3]) == [1, 3]
+    assert ledger.claim([3], owner_name("y", 2)).claimed == [3]  # x is dead (no presence)
+
+
+def test_auto_write_method_measures_both_then_takes_the_cheaper_and_probes(ledger):
+    costs = WriteCosts(ledger.redis, ledger.queue_name, project=5)
+    assert costs.plan("single", 64) == [("single", 64)]  # an explicit method is kept
+    assert costs.plan("auto", 0) == []
+    assert costs.plan("auto", 64) == [("import", 64)]  # no estimate yet: the import first
+    costs.record("import", seconds=3.2, tasks=64)  # 50 ms per task
+    # No estimate of the per-task POSTs: a few tasks that way, the rest by import.
+    assert costs.plan("auto", 64) == [("single", PROBE_TASKS), ("import", 64 - PROBE_TASKS)]
+    costs.record("single", seconds=0.4, tasks=PROBE_TASKS)  # 100 ms per task
+    plans = [costs.plan("auto", 64) for _ in range(2 * PROBE_EVERY)]
+    assert plans.count([("import", 64)]) == 2 * PROBE_EVERY - 2
+    assert plans.count([("single", PROBE_TASKS), ("import", 64 - PROBE_TASKS)]) == 2
+    # The import gets slower as the project fills: the averages follow, and the choice flips.
+    for _ in range(6):
+        costs.record("import", seconds=12.8, tasks=64)  # 200 ms per task
+    costs.record("import", seconds=5.0, tasks=0)  # nothing stored: no sample
+    assert costs.estimates()["import"] > costs.estimates()["single"]
+    plans = [costs.plan("auto", 64) for _ in range(PROBE_EVERY)]
+    assert plans.count([("single", 64)]) == PROBE_EVERY - 1 and plans.count([("import", 64)]) == 1

@@ -1,0 +1,106 @@
+"""The curated export: snapshot tasks -> records, CSV and COCO; brush masks decoded and re-encoded as COCO RLE."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import numpy as np
+import pytest
+from label_studio_sdk.converter.brush import mask2rle
+
+from tagclip_cli.dataset import coco_rle, latest_annotation, read_config, records, to_coco, to_csv
+
+pytestmark = pytest.mark.unit
+
+CONFIG = (
+    '<View><Image name="image" value="$image"/>'
+    '<Choices name="tags" toName="image" choice="multiple"><Choice value="Cat"/><Choice value="Dog"/></Choices>'
+    '<Taxonomy name="kind" toName="image"><Choice value="Animal"><Choice value="Pet"/></Choice></Taxonomy>'
+    '<BrushLabels name="mask" toName="image"><Label value="Cat"/></BrushLabels>'
+    '<RectangleLabels name="box" toName="image"><Label value="Dog"/></RectangleLabels>'
+    "</View>"
+)
+
+
+def decode_coco_rle(rle: dict) -> np.ndarray:
+    height, width = rle["size"]
+    flat = np.zeros(height * width, dtype=bool)
+    position, value = 0, False
+    for count in rle["counts"]:
+        flat[position : position + count] = value
+        position, value = position + count, not value
+    return flat.reshape((height, width), order="F")
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_coco_rle_round_trips(seed):
+    rng = np.random.default_rng(seed)
+    mask = rng.random((7, 5)) < 0.5
+    rle = coco_rle(mask)
+    assert rle["size"] == [7, 5] and sum(rle["counts"]) == 35
+    assert np.array_equal(decode_coco_rle(rle), mask)
+
+
+def _snapshot(mask: np.ndarray) -> list[dict]:
+    height, width = mask.shape
+    result = [
+        {"from_name": "tags", "to_name": "image", "type": "choices", "value": {"choices": ["Cat", "Dog"]}},
+        {"from_name": "kind", "to_name": "image", "type": "taxonomy", "value": {"taxonomy": [["Animal", "Pet"]]}},
+        {
+            "from_name": "mask",
+            "to_name": "image",
+            "type": "brushlabels",
+            "original_width": width,
+            "original_height": height,
+            "value": {"format": "rle", "rle": mask2rle(mask.astype(np.uint8) * 255), "brushlabels": ["Cat"]},
+        },
+        {
+            "from_name": "box",
+            "to_name": "image",
+            "type": "rectanglelabels",
+            "original_width": width,
+            "original_height": height,
+            "value": {"x": 10, "y": 20, "width": 50, "height": 25, "rotation": 0, "rectanglelabels": ["Dog"]},
+        },
+    ]
+    old = {"id": 1, "was_cancelled": False, "updated_at": "2026-01-01T00:00:00Z", "result": []}
+    new = {"id": 2, "was_cancelled": False, "updated_at": "2026-01-02T00:00:00Z", "result": result, "completed_by": 3}
+    skipped = {"id": 3, "was_cancelled": True, "updated_at": "2026-01-03T00:00:00Z", "result": []}
+    return [
+        {"id": 11, "data": {"image": "/data/upload/1/a.png"}, "annotations": [old, new, skipped]},
+        {"id": 12, "data": {"image": "s3://bucket/b.jpg"}, "annotations": [skipped]},
+    ]
+
+
+def test_records_take_the_latest_submitted_annotation_with_image_reference_and_masks():
+    mask = np.zeros((40, 60), dtype=bool)
+    mask[5:15, 20:50] = True
+    tasks = _snapshot(mask)
+    assert latest_annotation(tasks[0])["id"] == 2 and latest_annotation(tasks[1]) is None
+    config = read_config(CONFIG)
+    (row,) = records(tasks, config)
+    assert row["task"] == 11 and row["image"] == "/data/upload/1/a.png" and (row["width"], row["height"]) == (60, 40)
+    assert row["tags"] == {"tags": ["Cat", "Dog"], "kind": ["Animal > Pet"]}
+    (brush,) = row["masks"]
+    assert brush["label"] == "Cat" and brush["area"] == 300 and brush["bbox"] == [20, 5, 30, 10]
+    assert np.array_equal(decode_coco_rle(brush["rle"]), mask)
+    assert row["boxes"] == [{"control": "box", "label": "Dog", "bbox": [6.0, 8.0, 30.0, 10.0]}]
+    assert row["annotation"]["id"] == 2 and row["annotation"]["completed_by"] == 3
+
+    table = list(csv.reader(io.StringIO(to_csv([row], config))))
+    assert table[0] == ["task", "image", "tags", "kind", "masks", "boxes", "polygons", "annotation_id", "completed_by"]
+    assert table[1] == ["11", "/data/upload/1/a.png", "Cat;Dog", "Animal > Pet", "1", "1", "0", "2", "3"]
+
+    coco = to_coco([row], config)
+    names = {(c["supercategory"], c["name"]): c["id"] for c in coco["categories"]}
+    assert coco["images"] == [{"id": 11, "file_name": "/data/upload/1/a.png", "width": 60, "height": 40}]
+    assert {(x["image_id"], x["category_id"]) for x in coco["image_labels"]} == {
+        (11, names[("tags", "Cat")]),
+        (11, names[("tags", "Dog")]),
+        (11, names[("kind", "Animal > Pet")]),
+    }
+    segment, box = coco["annotations"]
+    assert segment["category_id"] == names[("mask", "Cat")] and segment["area"] == 300
+    assert np.array_equal(decode_coco_rle(segment["segmentation"]), mask)
+    assert box["category_id"] == names[("box", "Dog")] and box["bbox"] == [6.0, 8.0, 30.0, 10.0] and box["area"] == 300

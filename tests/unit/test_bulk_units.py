@@ -1,0 +1,123 @@
+"""Bulk pieces without services: the chunk payload, request validation, the /jobs routes' errors, the
+worker-side conversion of outputs to predictions, and that the bulk path and the review commands need no torch."""
+
+from __future__ import annotations
+
+import pytest
+
+from backend.app import create_app
+from backend.bulk.chunk import LABEL_SCORES_KEY, task_regions
+from backend.bulk.payload import BulkChunk, BulkTask, build_payload, parse_payload
+from backend.bulk.planner import BulkRequest
+from backend.bulk.version import project_extra_params, resolve_version, versions_predictor
+from backend.errors import BulkSetupError, PayloadError
+from backend.fetch import Source
+from backend.settings import Settings
+from tests.unit.test_backend_layers import run as run_without_torch
+
+pytestmark = pytest.mark.unit
+
+CONFIG = (
+    '<View><Image name="image" value="$image"/><Choices name="tags" toName="image" choice="multiple">'
+    '<Choice value="Cat"/><Choice value="Dog"/></Choices></View>'
+)
+
+
+def _chunk(**changes) -> BulkChunk:
+    values = {
+        "job": "abc",
+        "queue": "q",
+        "project": 3,
+        "model_version": "tagclip-x",
+        "label_config": CONFIG,
+        "extra_params": {"background": "coco"},
+        "write": "import",
+        "source": Source("http://ls", "key"),
+        "tasks": (BulkTask(7, {"image": "/data/upload/1/a.png"}),),
+    }
+    values.update(changes)
+    return BulkChunk(**values)
+
+
+def test_payload_round_trips_and_rejects_what_it_cannot_run():
+    chunk = _chunk()
+    assert parse_payload(build_payload(chunk)) == chunk
+    for bad, message in (
+        ({**build_payload(chunk), "schema": 9}, "schema"),
+        ({**build_payload(chunk), "write": "fax"}, "write"),
+        ({**build_payload(chunk), "tasks": [{"id": "x"}]}, "malformed"),
+        ({**build_payload(chunk), "job": ""}, "job"),
+        ("nope", "object"),
+    ):
+        with pytest.raises(PayloadError, match=message):
+            parse_payload(bad)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"chunk_size": 0}, "positive"),
+        ({"write": "fax"}, "write method"),
+        ({"max_tasks": 0}, "max tasks"),
+        ({"view": 1, "filters": {"items": []}}, "not both"),
+    ],
+)
+def test_bulk_request_validation(kwargs, message):
+    with pytest.raises(BulkSetupError, match=message):
+        BulkRequest(project=1, **kwargs)
+
+
+def test_extra_params_come_from_the_project_ml_backend():
+    assert project_extra_params([]) == {}
+    assert project_extra_params([{"extra_params": None}, {"extra_params": {"threshold": 0.3}}]) == {"threshold": 0.3}
+    with pytest.raises(BulkSetupError, match="not a JSON object"):
+        project_extra_params([{"id": 4, "extra_params": "threshold=0.3"}])
+
+
+def test_version_is_the_one_setup_reports(tiny_checkpoint):
+    settings = Settings(checkpoint=str(tiny_checkpoint), device="cpu")
+    app = create_app(settings)
+    for extra in ({}, {"background": "coco", "threshold": 0.2}):
+        setup = app.test_client().post("/setup", json={"project": "3.1", "schema": CONFIG, "extra_params": extra})
+        assert resolve_version(versions_predictor(settings), CONFIG, extra).model_version == setup.json["model_version"]
+
+
+def test_outputs_become_regions_with_every_label_score():
+    predictor = versions_predictor(Settings())
+    plan = resolve_version(predictor, CONFIG, {}).parsed.plan
+    outputs = {"tags": {"labels": ["Cat", "Dog"], "scores": [0.7, 0.2], "tags": ["Cat"]}}
+    (region,) = task_regions(outputs, plan.controls)
+    assert region["value"] == {"choices": ["Cat"]} and region["score"] == 0.7
+    assert region[LABEL_SCORES_KEY] == {"Cat": 0.7, "Dog": 0.2}
+
+
+def test_jobs_routes_need_redis_and_say_so():
+    client = create_app(Settings()).test_client()  # embedded mode: no REDIS_URL
+    response = client.post("/jobs", json={"project": 1})
+    assert response.status_code == 503 and "REDIS_URL" in response.json["error"]
+    assert client.get("/jobs/abc").status_code == 503
+
+
+def test_jobs_create_validates_its_body():
+    client = create_app(Settings(redis_url="redis://127.0.0.1:1/0")).test_client()
+    assert client.post("/jobs", json={}).json == {"error": "'project' is required"}
+    assert client.post("/jobs", json={"project": "1"}).status_code == 400
+    response = client.post("/jobs", json={"project": 1, "write": "fax", "url": "http://ls", "api_key": "k"})
+    assert response.status_code == 400 and "write method" in response.json["error"]
+    response = client.post("/jobs", json={"project": 1})
+    assert response.status_code == 400 and "LABEL_STUDIO_URL" in response.json["error"]
+
+
+def test_bulk_path_and_review_commands_import_no_torch():
+    code = """
+import backend.app, backend.jobs_api, backend.bulk.planner, backend.bulk.status, backend.bulk.chunk, backend.bulk.verify
+import tagclip_cli.preannotate, tagclip_cli.export, tagclip_cli.report, tagclip_cli.review, tagclip_cli.report_html
+from tagclip_cli.main import main
+import contextlib, io
+with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+    main(["report", "--help"])
+print("ok")
+"""
+    result = run_without_torch(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
