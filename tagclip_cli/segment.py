@@ -20,7 +20,7 @@ from typing import Any
 from .discover import IMAGE_EXTENSIONS, find_images
 from .errors import UsageError
 from .labels import LabelEntry, parse_label_list, read_label_file
-from .tag import engine_config, model_spec_fields
+from .tag import add_model_arguments, engine_config, model_spec_fields
 
 LOAD_FAILED_EXIT = 1
 # Overlay: how much of a tag's colour covers its pixels, and the contour width in pixels.
@@ -45,14 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-region-area", type=int, default=0, metavar="PX", help="drop smaller regions")
     parser.add_argument("--crf", action="store_true", help="dense-CRF post-processing (needs pydensecrf2)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
-    model = parser.add_argument_group("model (defaults: the engine's, ViT-B-16 with OpenAI weights)")
-    model.add_argument("--checkpoint", metavar="PATH", help="local CLIP checkpoint (OpenAI .pt or state dict)")
-    model.add_argument("--model", dest="model_name", metavar="NAME", help="open_clip architecture name")
-    model.add_argument("--pretrained", metavar="TAG", help="open_clip pretrained tag, used without --checkpoint")
-    model.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
-    model.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="fp32 (default); bf16/fp16 on CUDA")
-    model.add_argument("--cache-dir", metavar="DIR", help="weights and text-classifier cache")
-    model.add_argument("--offline", action="store_true", help="never download weights")
+    add_model_arguments(parser)
     parser.add_argument("--max-side", type=int, metavar="N", help="cap on the longer side (default 1024; 0 = none)")
 
 

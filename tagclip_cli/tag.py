@@ -36,14 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help='one label per line; "label: prompt1, prompt2" gives a class its own prompts (synonyms)',
     )
-    model = parser.add_argument_group("model (defaults: the engine's, ViT-B-16 with OpenAI weights)")
-    model.add_argument("--checkpoint", metavar="PATH", help="local CLIP checkpoint (OpenAI .pt or state dict)")
-    model.add_argument("--model", dest="model_name", metavar="NAME", help="open_clip architecture name")
-    model.add_argument("--pretrained", metavar="TAG", help="open_clip pretrained tag, used without --checkpoint")
-    model.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
-    model.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="fp32 (default); bf16/fp16 on CUDA")
-    model.add_argument("--cache-dir", metavar="DIR", help="weights and text-classifier cache")
-    model.add_argument("--offline", action="store_true", help="never download weights")
+    add_model_arguments(parser)
     parser.add_argument(
         "--background",
         default="voc",
@@ -124,6 +117,18 @@ def engine_config(args: argparse.Namespace) -> Any:
     if args.max_side is None:
         return EngineConfig()
     return EngineConfig(preprocess=PreprocessConfig(max_side=args.max_side or None))
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that choose the CLIP model (shared by the commands that load one)."""
+    model = parser.add_argument_group("model (defaults: the engine's, ViT-B-16 with OpenAI weights)")
+    model.add_argument("--checkpoint", metavar="PATH", help="local CLIP checkpoint (OpenAI .pt or state dict)")
+    model.add_argument("--model", dest="model_name", metavar="NAME", help="open_clip architecture name")
+    model.add_argument("--pretrained", metavar="TAG", help="open_clip pretrained tag, used without --checkpoint")
+    model.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    model.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="fp32 (default); bf16/fp16 on CUDA")
+    model.add_argument("--cache-dir", metavar="DIR", help="weights and text-classifier cache")
+    model.add_argument("--offline", action="store_true", help="never download weights")
 
 
 def _max_side(text: str) -> int:
