@@ -19,6 +19,14 @@ import torch
 import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 
+# On the CPU, sequences longer than this run each head's attention in blocks of _QUERY_BLOCK query rows, so a
+# [rows, L] score block stays in cache through softmax, head sum and value product instead of streaming a
+# [L, L] map (38 MB per head at 3073 tokens, the 12 MP cap) through memory four times: measured 1.9x faster
+# attention at 3073 tokens, ~10 % at 1201 (COCO), no gain at VOC sizes, where one block is kept. Rows are
+# independent in attention, so this changes no result beyond float rounding in the matmuls.
+_BLOCKED_FROM_TOKENS = 1024
+_QUERY_BLOCK = 256
+
 
 @dataclass
 class AttentionEvidence:
@@ -80,9 +88,10 @@ def block_forward(
     query_tokens: compute outputs for the first `query_tokens` tokens only (keys use all tokens).
     Returns (x_out, probs or None).
 
-    Heads are processed one at a time: each [L, L] score map stays in cache through softmax, head sum
-    and the value product, instead of streaming [heads, L, L] tensors through memory several times
-    (same operations, same order, identical results; also 1/heads of the peak attention memory).
+    Heads are processed one at a time (long sequences on the CPU also in blocks of query rows, see
+    _BLOCKED_FROM_TOKENS): each score block stays in cache through softmax, head sum and the value product,
+    instead of streaming [heads, L, L] tensors through memory several times (same operations, same order;
+    also 1/heads of the peak attention memory).
     """
     attn = block.attn
     num_heads = attn.num_heads
@@ -96,15 +105,21 @@ def block_forward(
     out = torch.empty_like(q)
     if mask is not None and mask.dim() > 3:
         raise ValueError(f"attention masks are [B, L, L] or [L, L] (shared by all heads), got {tuple(mask.shape)}")
+    queries, keys = q.shape[2], k.shape[3]
+    rows = _QUERY_BLOCK if x.device.type == "cpu" and keys > _BLOCKED_FROM_TOKENS else queries
     summed = None
     for head in range(num_heads):
-        scores = q[:, head] @ k[:, head]
-        probs = scores.softmax(dim=-1)
-        if want_probs:
-            summed = probs.clone() if summed is None else summed.add_(probs)
-        if mask is not None:
-            probs = (scores + mask).softmax(dim=-1)
-        out[:, head] = probs @ v[:, head]
+        for start in range(0, queries, rows):
+            rows_now = slice(start, min(start + rows, queries))
+            scores = q[:, head, rows_now] @ k[:, head]
+            probs = scores.softmax(dim=-1)
+            if want_probs:
+                # In the dtype softmax gives (float32 under CUDA autocast too).
+                summed = probs.new_zeros(q.shape[0], queries, keys) if summed is None else summed
+                summed[:, rows_now] += probs
+            if mask is not None:
+                probs = (scores + mask[..., rows_now, :]).softmax(dim=-1)
+            out[:, head, rows_now] = probs @ v[:, head]
     out = out.transpose(1, 2).reshape(x.shape)
     x = x + block.ls_1(F.linear(out, attn.out_proj.weight, attn.out_proj.bias))
     x = x + block.ls_2(block.mlp(block.ln_2(x)))

@@ -48,6 +48,28 @@ def test_head_averaged_probs_equal_torch_multihead_attention_weights(clip):
 
 
 @torch.inference_mode()
+def test_long_sequences_in_query_blocks_equal_torch_attention(clip):
+    """Over 1024 tokens the CPU path runs each head in blocks of query rows: same probs and outputs as torch's
+    multi-head attention, with and without a mask (a block boundary falls inside the mask's rows too)."""
+    pixels = torch.randn(1, 3, 512, 560, generator=torch.Generator().manual_seed(3))
+    pos = interpolate_pos_embed(clip.visual.positional_embedding, (32, 35), (14, 14), round_fp16=True)
+    x = embed_patches(clip.visual, pixels, pos)
+    assert x.shape[1] == 1121
+    mask = last_block_mask(x.shape[1], -100.0, x.device, x.dtype)
+    for block in list(clip.visual.transformer.resblocks)[:2]:
+        normed = block.ln_1(x)
+        _, expected_probs = block.attn(normed, normed, normed, need_weights=True, average_attn_weights=True)
+        ours, probs = block_forward(block, x, want_probs=True)
+        torch.testing.assert_close(probs, expected_probs, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(ours, block(x), atol=1e-5, rtol=1e-5)
+        masked, masked_probs = block_forward(block, x, mask=mask, want_probs=True)
+        attended = x + block.attn(normed, normed, normed, attn_mask=mask, need_weights=False)[0]
+        torch.testing.assert_close(masked, attended + block.mlp(block.ln_2(attended)), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(masked_probs, probs)
+        x = ours
+
+
+@torch.inference_mode()
 def test_mask_changes_output_but_not_the_returned_probs(clip):
     pixels = torch.randn(1, 3, 48, 48, generator=torch.Generator().manual_seed(2))
     pos = interpolate_pos_embed(clip.visual.positional_embedding, (3, 3), (14, 14), round_fp16=True)
