@@ -8,6 +8,7 @@ which first rounds a float32 file to float16 (moving text features ~2.5e-3).
 from __future__ import annotations
 
 import hashlib
+import logging
 import socket
 import warnings
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from platformdirs import user_cache_dir
 
 from .config import ModelSpec
 from .errors import CheckpointFormatError, UnsupportedModelError, WeightsUnavailableError
+
+log = logging.getLogger(__name__)
 
 # Seconds to wait for the weights host before declaring the machine offline (never hang).
 _CONNECT_TIMEOUT_S = 3.0
@@ -89,7 +92,17 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     # bf16 runs on CPUs too (fast with AVX512-BF16/AMX); fp16 matmuls on CPU are slow or missing.
     if dtype == torch.float16 and device.type != "cuda":
         raise UnsupportedModelError(f"precision {precision!r} is supported on CUDA only, device is {device}")
+    if dtype == torch.bfloat16 and device.type == "cpu" and not native_cpu_bf16():
+        log.warning(
+            "precision bf16 on a CPU without AVX512-BF16 or AMX: its matmuls are emulated and run several times "
+            "slower than fp32; use precision fp32 on this machine"
+        )
     return dtype
+
+
+def native_cpu_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX), which is what makes bf16 fast."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
 def read_checkpoint_state(path: Path) -> dict[str, torch.Tensor]:

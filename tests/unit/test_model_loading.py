@@ -9,7 +9,7 @@ import torch
 
 from tagclip_core.config import ModelSpec
 from tagclip_core.errors import CheckpointFormatError, UnsupportedModelError, WeightsUnavailableError
-from tagclip_core.model import load_clip, read_checkpoint_state
+from tagclip_core.model import load_clip, native_cpu_bf16, read_checkpoint_state, resolve_dtype
 from tagclip_core.random_weights import TINY_VIT_B_16, random_clip_state_dict, save_openai_checkpoint
 
 pytestmark = pytest.mark.unit
@@ -94,3 +94,12 @@ def test_lower_precision_keeps_float32_weights(tiny_checkpoint):
     clip = load_clip(ModelSpec(checkpoint=str(tiny_checkpoint), precision="bf16", device="cpu"))
     assert clip.dtype == torch.bfloat16
     assert clip.model.visual.proj.dtype == torch.float32
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns(caplog):
+    """bf16 matmuls are emulated on CPUs without AVX512-BF16/AMX (several times slower than fp32): say so."""
+    with caplog.at_level("WARNING", logger="tagclip_core.model"):
+        assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+        assert resolve_dtype("fp32", torch.device("cpu")) == torch.float32
+    warned = [r for r in caplog.records if "emulated" in r.getMessage()]
+    assert len(warned) == (0 if native_cpu_bf16() else 1)
