@@ -13,18 +13,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 
 from .errors import UsageError
 from .review import Report, build_report, floor_threshold
+from .studio import add_studio_arguments, project_snapshot
 
 THRESHOLD_ATTR = "model_score_threshold"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--project", type=int, required=True, help="Label Studio project id")
+    add_studio_arguments(parser)
     parser.add_argument("--model-version", help="predictions of this version (default: the most common one)")
     parser.add_argument("--json", metavar="FILE", help="write the report as JSON")
     parser.add_argument("--html", metavar="FILE", help="write the report as an HTML page with a per-label chart")
@@ -34,25 +34,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"set each control's {THRESHOLD_ATTR} in the label config to the suggested value",
     )
     parser.add_argument("--force", action="store_true", help="also write thresholds that do not beat the F1 now")
-    parser.add_argument("--view", type=int, help="only the tasks of this Data Manager view")
-    parser.add_argument("--url", help="Label Studio URL (LABEL_STUDIO_URL)")
-    parser.add_argument("--api-key", help="Label Studio legacy token or personal access token (LABEL_STUDIO_API_KEY)")
 
 
 def run(args: argparse.Namespace) -> int:
     from backend.errors import BackendError
 
     from .dataset import read_config
-    from .export import studio_client, write_text
+    from .export import write_text
     from .report_html import render
 
-    try:
-        client = studio_client(args)
-        project = client.project(args.project)
-        title = f"tagclip report {time.strftime('%Y-%m-%d %H:%M')}"
-        tasks = client.export_snapshot(args.project, title, full_predictions=True, view=args.view)
-    except BackendError as e:
-        raise UsageError(str(e)) from e
+    client, project, tasks = project_snapshot(args, "report", full_predictions=True)
     label_config = project["label_config"]
     report = build_report(tasks, read_config(label_config), args.model_version)
     print(format_report(report))

@@ -26,3 +26,37 @@ def tiny_engine(tiny_checkpoint, tmp_path_factory):
     engine = TagCLIP.load(ModelSpec(checkpoint=str(tiny_checkpoint), cache_dir=str(tmp_path_factory.mktemp("cache"))))
     engine.set_classes(VOC_CLASSES, background="voc")
     return engine
+
+
+@pytest.fixture(scope="module")
+def tiny_settings(tiny_checkpoint, tmp_path_factory):
+    """Backend/worker settings that load the tiny checkpoint on the CPU, offline, with a cache of their own."""
+    from backend.settings import Settings
+
+    return Settings(
+        checkpoint=str(tiny_checkpoint),
+        cache_dir=str(tmp_path_factory.mktemp("cache")),
+        device="cpu",
+        allow_download=False,
+        predict_timeout=60,
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_runtime(tiny_settings):
+    """A worker Runtime (the engine loaded once, as `tagclip worker` does) on the tiny checkpoint."""
+    from worker.runtime import Runtime
+
+    runtime = Runtime.load(tiny_settings, name="test")
+    yield runtime
+    runtime.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_client(tiny_settings):
+    """A Flask test client of the backend in embedded mode (the engine in-process) on the tiny checkpoint."""
+    from backend.app import create_app
+
+    app = create_app(tiny_settings)
+    yield app.test_client()
+    app.extensions["tagclip"].dispatcher.close()

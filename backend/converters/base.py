@@ -200,6 +200,20 @@ def parse_threshold(control: Any, default: float | None) -> float | None:
     return value
 
 
+def label_classes(control: Any) -> tuple[ClassDef, ...]:
+    """The control's labels in config order; prompts from `predicted_values="a,b"`, else the label's value.
+
+    control.labels holds what results store (a label's alias if it has one, else its value).
+    """
+    out = []
+    for label in control.labels:
+        attrs = control.labels_attrs.get(label, {})
+        attrs = getattr(attrs, "attr", attrs) or {}
+        display = str(attrs.get("value", label))
+        out.append(ClassDef(label=label, prompts=parse_prompts(attrs, display), value=(label,)))
+    return tuple(out)
+
+
 def parse_prompts(attrs: Mapping[str, Any], fallback: str) -> tuple[str, ...]:
     """Prompts from `predicted_values="a,b"`, else the choice's display value."""
     raw = attrs.get(PROMPTS_ATTR)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import LabelConfigError
-from .base import ClassDef, ControlOutput, ControlPlan, Converter, parse_prompts, region_id, select_labels
+from .base import ClassDef, ControlOutput, ControlPlan, Converter, label_classes, region_id, select_labels
 
 # Tag attribute choosing the mask mode of a control ("clip-es" or "coarse").
 MASK_MODE_ATTR = "model_mask_mode"
@@ -113,17 +113,6 @@ def rle_decode(rle: Mapping[str, Any]) -> np.ndarray:
         raise ValueError(f"run lengths sum to {int(counts.sum())}, expected {height} * {width}")
     values = np.arange(counts.size) % 2 == 1
     return np.repeat(values, counts).reshape((height, width), order="F")
-
-
-def label_classes(control: Any) -> tuple[ClassDef, ...]:
-    """The control's labels in config order; prompts from `predicted_values="a,b"`, else the label's value."""
-    out = []
-    for label in control.labels:
-        attrs = control.labels_attrs.get(label, {})
-        attrs = getattr(attrs, "attr", attrs) or {}
-        display = str(attrs.get("value", label))
-        out.append(ClassDef(label=label, prompts=parse_prompts(attrs, display), value=(label,)))
-    return tuple(out)
 
 
 def parse_mask_mode(control: Any, default: str) -> str:

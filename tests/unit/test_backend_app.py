@@ -37,21 +37,8 @@ def images(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def settings(tiny_checkpoint, tmp_path_factory) -> Settings:
-    return Settings(
-        checkpoint=str(tiny_checkpoint),
-        cache_dir=str(tmp_path_factory.mktemp("cache")),
-        device="cpu",
-        allow_download=False,
-        predict_timeout=60,
-    )
-
-
-@pytest.fixture(scope="module")
-def client(settings):
-    app = create_app(settings)
-    yield app.test_client()
-    app.extensions["tagclip"].dispatcher.close()
+def client(tiny_client):
+    return tiny_client
 
 
 def setup(client, images, **extra):
@@ -189,8 +176,8 @@ def test_metrics_count_requests_and_tasks(client, images):
     assert "tagclip_http_request_duration_seconds_bucket" in text and "tagclip_queue_depth" in text
 
 
-def test_basic_auth(settings, images):
-    app = create_app(dataclasses.replace(settings, basic_auth_user="ls", basic_auth_pass="s3cret"))
+def test_basic_auth(tiny_settings, images):
+    app = create_app(dataclasses.replace(tiny_settings, basic_auth_user="ls", basic_auth_pass="s3cret"))
     client = app.test_client()
     try:
         for auth in (None, ("ls", "wrong"), ("other", "s3cret")):

@@ -8,21 +8,13 @@ import pytest
 from label_studio_sdk.converter.brush import decode_rle
 from label_studio_sdk.label_interface import LabelInterface
 
-from backend.app import create_app
-from backend.settings import Settings
 from tests.fixtures.http_server import serve_directory
+from tests.fixtures.mask_configs import mask_config
 from tests.integration.stack import png_bytes
 
 pytestmark = pytest.mark.unit
 
-LABELS = '<Label value="Cat" predicted_values="cat,kitten"/><Label value="Dog"/><Label value="Car"/>'
-CONFIG = (
-    '<View><Image name="image" value="$image"/><Choices name="tags" toName="image" choice="multiple">'
-    '<Choice value="Cat" predicted_values="cat,kitten"/><Choice value="Dog"/><Choice value="Car"/></Choices>'
-    f'<BrushLabels name="mask" toName="image">{LABELS}</BrushLabels>'
-    f'<RectangleLabels name="box" toName="image">{LABELS}</RectangleLabels>'
-    f'<PolygonLabels name="poly" toName="image">{LABELS}</PolygonLabels></View>'
-)
+CONFIG = mask_config()
 CHOICES_ONLY = CONFIG.split("<BrushLabels")[0] + "</View>"
 # (height, width): odd sizes, portrait and landscape.
 SIZES = [(75, 101), (131, 97), (64, 160)]
@@ -38,17 +30,8 @@ def images(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def client(tiny_checkpoint, tmp_path_factory):
-    settings = Settings(
-        checkpoint=str(tiny_checkpoint),
-        cache_dir=str(tmp_path_factory.mktemp("cache")),
-        device="cpu",
-        allow_download=False,
-        predict_timeout=60,
-    )
-    app = create_app(settings)
-    yield app.test_client()
-    app.extensions["tagclip"].dispatcher.close()
+def client(tiny_client):
+    return tiny_client
 
 
 def setup(client, images, config=CONFIG, **extra_params) -> str:

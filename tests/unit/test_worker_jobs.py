@@ -11,11 +11,10 @@ import pytest
 from backend.errors import ModelMismatchError, PayloadError
 from backend.fetch import Source
 from backend.jobspec import build_payloads, chunk_size_for
-from backend.settings import Settings
 from tests.fixtures.http_server import serve_directory
 from tests.integration.stack import CORRUPT_PNG, png_bytes
 from worker.jobs import predict_chunk
-from worker.runtime import Runtime, current_runtime
+from worker.runtime import current_runtime
 
 pytestmark = pytest.mark.unit
 
@@ -29,19 +28,6 @@ CONTROLS = [
 
 
 @pytest.fixture(scope="module")
-def runtime(tiny_checkpoint, tmp_path_factory):
-    settings = Settings(
-        checkpoint=str(tiny_checkpoint),
-        cache_dir=str(tmp_path_factory.mktemp("cache")),
-        device="cpu",
-        allow_download=False,
-    )
-    rt = Runtime.load(settings, name="test")
-    yield rt
-    rt.close()
-
-
-@pytest.fixture(scope="module")
 def server(tmp_path_factory):
     with serve_directory(tmp_path_factory.mktemp("img")) as s:
         s.put("a.png", png_bytes(64, 80, 1))
@@ -50,14 +36,14 @@ def server(tmp_path_factory):
         yield s
 
 
-def payload(runtime, server, images):
+def payload(tiny_runtime, server, images):
     tasks = [{"id": i + 1, "data": {"image": ref}} for i, ref in enumerate(images)]
-    return build_payloads(copy.deepcopy(CONTROLS), tasks, Source(server.url, "k"), "voc", runtime.model_key, 10)[0]
+    return build_payloads(copy.deepcopy(CONTROLS), tasks, Source(server.url, "k"), "voc", tiny_runtime.model_key, 10)[0]
 
 
-def test_chunk_result_is_plain_json_with_per_task_errors(runtime, server):
-    job_payload = payload(runtime, server, ["/a.png", "/bad.png", "/b.png", None])
-    result = runtime.run(predict_chunk, job_payload)
+def test_chunk_result_is_plain_json_with_per_task_errors(tiny_runtime, server):
+    job_payload = payload(tiny_runtime, server, ["/a.png", "/bad.png", "/b.png", None])
+    result = tiny_runtime.run(predict_chunk, job_payload)
     assert json.loads(json.dumps(result)) == result
     tasks = {t["index"]: t for t in result["tasks"]}
     assert set(tasks) == {0, 1, 2, 3}
@@ -66,20 +52,20 @@ def test_chunk_result_is_plain_json_with_per_task_errors(runtime, server):
         assert out["labels"] == ["Cat", "Dog"] and len(out["scores"]) == 2 and set(out["tags"]) <= {"Cat", "Dog"}
     assert tasks[1]["kind"] == "image" and "bad.png" in tasks[1]["error"]
     assert tasks[3]["kind"] == "download" and "has no data['image']" in tasks[3]["error"]
-    assert result["model_id"] == runtime.engine.model_id
+    assert result["model_id"] == tiny_runtime.engine.model_id
 
 
-def test_malformed_payload_and_other_weights_raise(runtime, server):
+def test_malformed_payload_and_other_weights_raise(tiny_runtime, server):
     with pytest.raises(PayloadError, match="schema"):
-        runtime.run(predict_chunk, {"tasks": []})
-    bad = payload(runtime, server, ["/a.png"])
+        tiny_runtime.run(predict_chunk, {"tasks": []})
+    bad = payload(tiny_runtime, server, ["/a.png"])
     bad["controls"][0]["classes"][0]["prompts"] = []
     with pytest.raises(PayloadError, match="without prompts"):
-        runtime.run(predict_chunk, bad)
-    other = payload(runtime, server, ["/a.png"])
+        tiny_runtime.run(predict_chunk, bad)
+    other = payload(tiny_runtime, server, ["/a.png"])
     other["model_key"] = "ViT-L-14|pretrained:openai|fp32"
     with pytest.raises(ModelMismatchError, match="same TAGCLIP_"):
-        runtime.run(predict_chunk, other)
+        tiny_runtime.run(predict_chunk, other)
 
 
 def test_job_outside_a_runtime_fails_clearly():

@@ -12,42 +12,20 @@ from backend.errors import PayloadError
 from backend.fetch import Source
 from backend.jobspec import MASKS_SCHEMA, SCHEMA, build_payloads, parse_payload
 from backend.labelconfig import parse_label_config
-from backend.settings import Settings
 from tagclip_core import ClassSpec
 from tagclip_core.config import MaskConfig
 from tagclip_core.geometry import rle_decode
 from tagclip_core.images import load_image
 from tagclip_core.masks import Segmenter, coarse_masks
 from tests.fixtures.http_server import serve_directory
+from tests.fixtures.mask_configs import mask_config
 from tests.integration.stack import png_bytes
 from worker.jobs import mask_labels, predict_chunk
-from worker.runtime import Runtime
 
 pytestmark = pytest.mark.unit
 
-LABELS = '<Label value="Cat" predicted_values="cat,kitten"/><Label value="Dog"/><Label value="Car"/>'
-CONFIG = (
-    '<View><Image name="image" value="$image"/><Choices name="tags" toName="image" choice="multiple">'
-    '<Choice value="Cat" predicted_values="cat,kitten"/><Choice value="Dog"/><Choice value="Car"/></Choices>'
-    f'<BrushLabels name="mask" toName="image">{LABELS}</BrushLabels>'
-    f'<RectangleLabels name="box" toName="image">{LABELS}</RectangleLabels>'
-    f'<PolygonLabels name="poly" toName="image" model_mask_mode="clip-es" model_score_threshold="0">{LABELS}'
-    "</PolygonLabels></View>"
-)
+CONFIG = mask_config(' model_mask_mode="clip-es" model_score_threshold="0"')
 SIZES = {"a.png": (61, 83), "b.png": (120, 90)}
-
-
-@pytest.fixture(scope="module")
-def runtime(tiny_checkpoint, tmp_path_factory):
-    settings = Settings(
-        checkpoint=str(tiny_checkpoint),
-        cache_dir=str(tmp_path_factory.mktemp("cache")),
-        device="cpu",
-        allow_download=False,
-    )
-    rt = Runtime.load(settings, name="test")
-    yield rt
-    rt.close()
 
 
 @pytest.fixture(scope="module")
@@ -58,17 +36,17 @@ def server(tmp_path_factory):
         yield s
 
 
-def job(runtime, server, config=CONFIG, names=tuple(SIZES)) -> dict:
+def job(tiny_runtime, server, config=CONFIG, names=tuple(SIZES)) -> dict:
     controls = [c.to_payload() for c in parse_label_config(config).plan.controls]
     tasks = [{"id": i + 1, "data": {"image": f"/{name}"}} for i, name in enumerate(names)]
-    return build_payloads(controls, tasks, Source(server.url, "k"), "voc", runtime.model_key, 10)[0]
+    return build_payloads(controls, tasks, Source(server.url, "k"), "voc", tiny_runtime.model_key, 10)[0]
 
 
 @pytest.fixture(scope="module")
-def result(runtime, server):
-    payload = job(runtime, server)
+def result(tiny_runtime, server):
+    payload = job(tiny_runtime, server)
     assert payload["schema"] == MASKS_SCHEMA
-    return runtime.run(predict_chunk, payload)
+    return tiny_runtime.run(predict_chunk, payload)
 
 
 def test_masks_only_where_asked_in_plain_json_at_the_image_size(result):
@@ -90,21 +68,21 @@ def test_masks_only_where_asked_in_plain_json_at_the_image_size(result):
         assert outputs["box"] == outputs["mask"]  # same classes, same mask settings: shared
 
 
-def test_masks_equal_the_engine_api(result, runtime, server):
+def test_masks_equal_the_engine_api(result, tiny_runtime, server):
     image = load_image(server.root.joinpath("a.png").read_bytes())
     classes = [ClassSpec("Cat", ("cat", "kitten")), ClassSpec("Dog"), ClassSpec("Car")]
-    runtime.engine.set_classes(classes, background="voc")
-    prediction = runtime.engine.predict([image])[0]
+    tiny_runtime.engine.set_classes(classes, background="voc")
+    prediction = tiny_runtime.engine.predict([image])[0]
     outputs = result["tasks"][0]["outputs"]
     assert outputs["mask"]["scores"] == [round(float(s), 6) for s in prediction.scores]
     assert outputs["mask"]["masks"] == coarse_masks(prediction, prediction.tags, MaskConfig(mode="coarse")).to_json()
-    segmenter = Segmenter(runtime.engine.clip, MaskConfig(background="voc"), runtime.engine.config.preprocess)
+    segmenter = Segmenter(tiny_runtime.engine.clip, MaskConfig(background="voc"), tiny_runtime.engine.config.preprocess)
     assert outputs["poly"]["masks"] == segmenter.segment(image, classes).to_json()
 
 
-def test_one_prediction_and_one_mask_per_task_for_controls_that_share_them(runtime, server, monkeypatch):
+def test_one_prediction_and_one_mask_per_task_for_controls_that_share_them(tiny_runtime, server, monkeypatch):
     calls = {"predict": 0, "segment": 0}
-    predict = runtime.engine.predict
+    predict = tiny_runtime.engine.predict
 
     def counting_predict(images, *args, **kwargs):
         calls["predict"] += len(images)
@@ -116,18 +94,18 @@ def test_one_prediction_and_one_mask_per_task_for_controls_that_share_them(runti
         calls["segment"] += 1
         return segment(self, *args, **kwargs)
 
-    monkeypatch.setattr(runtime.engine, "predict", counting_predict)
+    monkeypatch.setattr(tiny_runtime.engine, "predict", counting_predict)
     monkeypatch.setattr(Segmenter, "segment", counting_segment)
     clip_es_twice = CONFIG.replace('<BrushLabels name="mask"', '<BrushLabels name="mask" model_mask_mode="clip-es"')
     clip_es_twice = clip_es_twice.replace(' model_score_threshold="0"', "")
-    runtime.run(predict_chunk, job(runtime, server, clip_es_twice))
+    tiny_runtime.run(predict_chunk, job(tiny_runtime, server, clip_es_twice))
     assert calls == {"predict": 2, "segment": 2}  # 4 controls, 2 images; brush and polygon share clip-es masks
 
 
-def test_mask_labels_follow_the_backend_selection(runtime, server):
+def test_mask_labels_follow_the_backend_selection(tiny_runtime, server):
     image = load_image(server.root.joinpath("b.png").read_bytes())
-    runtime.engine.set_classes(["Cat", "Dog", "Car"], background="voc")
-    prediction = runtime.engine.predict([image])[0]
+    tiny_runtime.engine.set_classes(["Cat", "Dog", "Car"], background="voc")
+    prediction = tiny_runtime.engine.predict([image])[0]
     assert mask_labels(prediction, None) == prediction.tags
     assert mask_labels(prediction, 0.0) == ("Cat", "Dog", "Car")
     top = float(np.max(prediction.scores))
@@ -135,12 +113,12 @@ def test_mask_labels_follow_the_backend_selection(runtime, server):
     assert mask_labels(prediction, 1.0) == () or top >= 1.0
 
 
-def test_without_region_controls_the_payload_stays_schema_1_and_masks_need_schema_2(runtime, server):
-    choices_only = job(runtime, server, CONFIG.split("<BrushLabels")[0] + "</View>")
+def test_without_region_controls_the_payload_stays_schema_1_and_masks_need_schema_2(tiny_runtime, server):
+    choices_only = job(tiny_runtime, server, CONFIG.split("<BrushLabels")[0] + "</View>")
     assert choices_only["schema"] == SCHEMA and "masks" not in choices_only["controls"][0]
-    result = runtime.run(predict_chunk, choices_only)
+    result = tiny_runtime.run(predict_chunk, choices_only)
     assert all("masks" not in t["outputs"]["tags"] for t in result["tasks"])
-    payload = job(runtime, server)
+    payload = job(tiny_runtime, server)
     payload["schema"] = SCHEMA  # an old backend's schema: a masks field is not read
     assert all(c.masks is None for c in parse_payload(payload).controls)
 
@@ -154,8 +132,8 @@ def test_without_region_controls_the_payload_stays_schema_1_and_masks_need_schem
         ("coarse", "must be an object"),
     ],
 )
-def test_bad_mask_specs_raise(runtime, server, masks, message):
-    payload = job(runtime, server)
+def test_bad_mask_specs_raise(tiny_runtime, server, masks, message):
+    payload = job(tiny_runtime, server)
     payload["controls"][1]["masks"] = masks
     with pytest.raises(PayloadError, match=message):
         parse_payload(payload)
