@@ -4,6 +4,8 @@
                 "max_tasks": n, "url": LS URL, "api_key": key}          -> 202 {"id", "attached", ...}
     GET  /jobs/<id>                                                        -> 200 status (backend.bulk.status)
     POST /jobs/<id>/retry {"url", "api_key"}                               -> 202 {"id", "requeued"}
+    POST /jobs/<id>/cancel                                                 -> 202 {"id", "dropped_chunks",
+                                                                              "running_chunks", "state"}
 
 The project is read and the model_version computed within the request (errors answer at once); listing
 and enqueueing run on a background thread of this process, so the answer comes before a 100k-task
@@ -24,6 +26,7 @@ from redis import Redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
+from .bulk.cancel import cancel_job
 from .bulk.planner import DEFAULT_CHUNK_SIZE, BulkPlanner, BulkRequest, Prepared
 from .bulk.state import BulkStore, bulk_queue_name
 from .bulk.status import job_status
@@ -55,6 +58,11 @@ class JobsService:
             )
         return self.redis
 
+    def store_and_queue(self) -> tuple[BulkStore, Queue]:
+        redis = self.redis_or_fail()
+        queue = Queue(bulk_queue_name(self.settings.queue_name), connection=redis, serializer=JSONSerializer)
+        return BulkStore(redis, self.settings.queue_name), queue
+
     def planner(self, body: Mapping[str, Any]) -> BulkPlanner:
         redis = self.redis_or_fail()
         source = Source(
@@ -76,6 +84,7 @@ def register(app: Flask, settings: Settings, redis: Redis | None, predictor: Pre
     app.add_url_rule("/jobs", "jobs_create", _create, methods=["POST"])
     app.add_url_rule("/jobs/<job_id>", "jobs_status", _status, methods=["GET"])
     app.add_url_rule("/jobs/<job_id>/retry", "jobs_retry", _retry, methods=["POST"])
+    app.add_url_rule("/jobs/<job_id>/cancel", "jobs_cancel", _cancel, methods=["POST"])
 
 
 def _service() -> JobsService:
@@ -133,10 +142,7 @@ def _list_in_background(planner: BulkPlanner, job: str, prepared: Prepared) -> N
 
 
 def _status(job_id: str) -> Response:
-    service = _service()
-    redis = service.redis_or_fail()
-    store = BulkStore(redis, service.settings.queue_name)
-    queue = Queue(bulk_queue_name(service.settings.queue_name), connection=redis, serializer=JSONSerializer)
+    store, queue = _service().store_and_queue()
     status = job_status(store, queue, job_id)
     error = store.info(job_id).get("listing_error")
     if error:
@@ -147,6 +153,22 @@ def _status(job_id: str) -> Response:
 def _retry(job_id: str) -> tuple[Response, int]:
     planner = _service().planner(_body())
     return jsonify(id=job_id, requeued=planner.retry_failed(job_id)), 202
+
+
+def _cancel(job_id: str) -> tuple[Response, int]:
+    store, queue = _service().store_and_queue()
+    outcome = cancel_job(store, queue, job_id)
+    state = job_status(store, queue, job_id)["state"]
+    return (
+        jsonify(
+            id=job_id,
+            dropped_chunks=outcome.dropped_chunks,
+            running_chunks=outcome.running_chunks,
+            already_finished=outcome.already_finished,
+            state=state,
+        ),
+        202,
+    )
 
 
 def _int(body: Mapping[str, Any], key: str, required: bool = False) -> int | None:

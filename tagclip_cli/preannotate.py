@@ -4,8 +4,10 @@ Lists the project's tasks (all, a Data Manager view, or a filter) that have no p
 model_version, enqueues them in chunks on the workers' Redis, and follows the job with a progress bar
 until every task is done or failed. Workers write the predictions to Label Studio. Rerunning is safe:
 while a job runs, a rerun attaches to it; after it ends, a rerun finds only tasks still without a
-prediction. Ctrl-C stops following, not the job. `--retry-failed` enqueues the last job's failed tasks
-alone. Exit status: 0 all done, 1 some tasks failed, 2 bad usage or setup, 130 interrupted.
+prediction. Ctrl-C stops following, not the job; `--cancel` stops the job (waiting chunks are dropped,
+running ones finish, a rerun resumes). `--retry-failed` enqueues the last job's failed tasks alone.
+Exit status: 0 all done (or cancelled with --cancel), 1 some tasks failed, 2 bad usage or setup,
+3 the job was cancelled (by someone else), 130 interrupted.
 
 Needs REDIS_URL (the workers' Redis) and the workers' TAGCLIP_* settings (the model_version is computed
 from them, as the backend's /setup does), plus LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY or --url / --api-key.
@@ -27,7 +29,10 @@ POLL_SECONDS = 0.5
 # Failed tasks printed at the end (all are in the status JSON).
 FAILED_SHOWN = 20
 EXIT_FAILED_TASKS = 1
+EXIT_CANCELLED = 3
 EXIT_INTERRUPTED = 130
+# States in which a job runs no more chunks.
+FINAL_STATES = ("done", "interrupted", "cancelled")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,8 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="write back with the bulk import, one POST per task, or per chunk the cheaper so far (default auto)",
     )
     parser.add_argument("--max-tasks", type=_positive, help="take on at most N new tasks (a trial run)")
-    parser.add_argument("--retry-failed", action="store_true", help="enqueue the failed tasks of the last job again")
-    parser.add_argument("--job", help="with --retry-failed: the job id (default: the project's latest)")
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--retry-failed", action="store_true", help="enqueue the failed tasks of the last job again")
+    action.add_argument(
+        "--cancel", action="store_true", help="cancel the project's job: drop its waiting chunks, let running ones end"
+    )
+    parser.add_argument("--job", help="with --retry-failed or --cancel: the job id (default: the project's latest)")
     parser.add_argument("--no-wait", action="store_true", help="enqueue and exit; follow with GET /jobs/<id>")
     parser.add_argument("--no-verify", action="store_true", help="skip the final one-prediction-per-task check")
     parser.add_argument("--json", action="store_true", help="print the final status as JSON")
@@ -105,14 +114,26 @@ def _run(args: argparse.Namespace) -> int:
         max_tasks=args.max_tasks,
     )
     try:
-        job = _retry(planner, request, args.job) if args.retry_failed else _start(planner, request, args.quiet)
+        if args.cancel:
+            job = _cancel(planner, queue, request, args.job)
+        elif args.retry_failed:
+            job = _retry(planner, request, args.job)
+        else:
+            job = _start(planner, request, args.quiet)
         if args.no_wait:
-            print(f"job {job} enqueued; follow it with GET /jobs/{job} on the backend, or rerun this command")
+            print(f"job {job}: follow it with GET /jobs/{job} on the backend, or rerun this command")
+            if args.json:
+                from backend.bulk.status import job_status
+
+                print(json.dumps(job_status(planner.store, queue, job), indent=2))
             return 0
         status = follow(planner, queue, job, args.quiet)
     except KeyboardInterrupt:
         print("\ninterrupted: the enqueued chunks keep running on the workers; rerun the same command to resume")
         return EXIT_INTERRUPTED
+    if status["state"] == "cancelled" or args.cancel:
+        _report(status, args.json)
+        return 0 if args.cancel else EXIT_CANCELLED
     if not args.no_verify:
         from backend.bulk.status import job_status
 
@@ -149,14 +170,33 @@ def _start(planner: Any, request: Any, quiet: bool) -> str:
     return started.job
 
 
-def _retry(planner: Any, request: Any, job: str | None) -> str:
+def _latest_job(planner: Any, request: Any) -> str:
+    prepared = planner.prepare(request)
+    job = planner.store.latest(request.project, prepared.model_version)
     if job is None:
-        prepared = planner.prepare(request)
-        job = planner.store.latest(request.project, prepared.model_version)
-        if job is None:
-            raise UsageError(f"no bulk job for project {request.project} and model_version {prepared.model_version}")
+        raise UsageError(f"no bulk job for project {request.project} and model_version {prepared.model_version}")
+    return job
+
+
+def _retry(planner: Any, request: Any, job: str | None) -> str:
+    job = job or _latest_job(planner, request)
     count = planner.retry_failed(job)
     print(f"job {job}: {count} failed task(s) enqueued again")
+    return job
+
+
+def _cancel(planner: Any, queue: Any, request: Any, job: str | None) -> str:
+    from backend.bulk.cancel import cancel_job
+
+    job = job or _latest_job(planner, request)
+    outcome = cancel_job(planner.store, queue, job)
+    if outcome.already_finished:
+        print(f"job {job} had already finished: nothing to cancel")
+    else:
+        print(
+            f"job {job} cancelled: {outcome.dropped_chunks} waiting chunk(s) dropped, {outcome.running_chunks} "
+            "running chunk(s) finish; run the pre-annotation again to resume"
+        )
     return job
 
 
@@ -177,7 +217,7 @@ def follow(planner: Any, queue: Any, job: str, quiet: bool = False) -> dict[str,
                 rate=f"{status['tasks_per_s']:.1f}/s",
                 eta="-" if eta is None else f"{eta:.0f}s",
             )
-            if status["state"] in ("done", "interrupted"):
+            if status["state"] in FINAL_STATES:
                 return status
             time.sleep(POLL_SECONDS)
             status = job_status(planner.store, queue, job)
@@ -196,8 +236,9 @@ def _report(status: dict[str, Any], as_json: bool) -> None:
         return
     print(
         f"job {status['id']}: {status['state']}; {status['done']} of {status['total']} task(s) have their prediction "
-        f"({status['written']} written, {status['recovered']} found already there), {status['failed']} failed; "
-        f"{status['tasks_per_s']:.2f} tasks/s"
+        f"({status['written']} written, {status['recovered']} found already there), {status['failed']} failed"
+        + (f", {status['cancelled']} cancelled" if status.get("cancelled") else "")
+        + f"; {status['tasks_per_s']:.2f} tasks/s"
     )
     for method, figures in (status.get("methods") or {}).items():
         print(

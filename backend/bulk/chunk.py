@@ -42,13 +42,17 @@ def run_chunk(payload: Any, predict: PredictFunction, redis: Redis, settings: Se
     """Run one bulk chunk; returns its summary (plain JSON). Raises when the chunk cannot run at all
     (malformed payload, other weights, Label Studio unreachable) so RQ records and retries it."""
     chunk = parse_payload(payload)
+    store = BulkStore(redis, chunk.queue)
+    if store.cancelled_at(chunk.job) is not None:
+        # Taken from the queue just as the job was cancelled (backend.bulk.cancel): nothing to do.
+        log.info("job %s was cancelled: skipping a chunk of %d task(s)", chunk.job, len(chunk.tasks))
+        return {"schema": SCHEMA, "job": chunk.job, "worker": owner, "skipped": "cancelled"}
     resolved = resolve_version(versions_predictor(settings), chunk.label_config, chunk.extra_params)
     if resolved.model_version != chunk.model_version:
         raise ModelMismatchError(
             f"chunk of job {chunk.job} is for model_version {chunk.model_version}, this worker computes "
             f"{resolved.model_version}: give the planner and the workers the same TAGCLIP_* settings and weights"
         )
-    store = BulkStore(redis, chunk.queue)
     store.chunk_started(chunk.job)
     ledger = Ledger(redis, chunk.queue, chunk.project, chunk.model_version)
     ids = [t.id for t in chunk.tasks]

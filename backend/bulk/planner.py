@@ -201,24 +201,28 @@ class BulkPlanner:
             self.store.set_fields(job, listing_beat=time.time())
             if on_progress is not None:
                 on_progress(listed, enqueued)
-            if len(page) < request.page_size:
+            if len(page) < request.page_size or self.store.cancelled_at(job) is not None:
                 break
         self.store.set_fields(job, listed=1, listing_beat=time.time())
         self.store.touch(job)
         return enqueued
 
     def enqueue_tasks(self, job: str, prepared: Prepared, tasks: Sequence[Mapping[str, Any]]) -> int:
-        """Enqueue the tasks the job does not have yet, in chunks, atomically with the job's task set."""
+        """Enqueue the tasks the job does not have yet, in chunks, atomically with the job's task set (and
+        none once the job is cancelled)."""
         if not tasks:
             return 0
         data_keys = sorted({c.data_key for c in prepared.resolved.parsed.plan.controls})
         refs = task_refs(tasks, data_keys)
-        tasks_key = self.store.job_key(job, "tasks")
+        tasks_key, cancelled_key = self.store.job_key(job, "tasks"), self.store.job_key(job, "cancelled")
         ledger = Ledger(self.redis, self.settings.queue_name, prepared.request.project, prepared.model_version)
         with self.redis.pipeline() as pipe:
             while True:
                 try:
-                    pipe.watch(tasks_key)
+                    pipe.watch(tasks_key, cancelled_key)
+                    if pipe.exists(cancelled_key):
+                        pipe.unwatch()
+                        return 0
                     present = pipe.smismember(tasks_key, [r.id for r in refs])
                     new = [r for r, is_in in zip(refs, present, strict=True) if not is_in]
                     if not new:
@@ -280,6 +284,11 @@ class BulkPlanner:
 
     def retry_failed(self, job: str) -> int:
         """Enqueue the job's failed tasks again (only those); returns how many were enqueued."""
+        if self.store.cancelled_at(job) is not None:
+            raise BulkSetupError(
+                f"job {job} was cancelled: run the pre-annotation again instead (a new job takes on every task "
+                "still without a prediction, the failed ones included)"
+            )
         prepared = self.prepared_for_job(job)
         failed = sorted(self.store.failed(job))
         if not failed:

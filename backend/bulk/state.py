@@ -9,6 +9,7 @@
     tagclip:<queue>:bulk:job:<id>:failed      hash: task -> reason (cleared when the task is done later)
     tagclip:<queue>:bulk:job:<id>:chunks      hash: RQ job id -> JSON task ids, for chunks not yet settled
     tagclip:<queue>:bulk:job:<id>:progress    list: "<unix time> <tasks finished>" per chunk, newest first
+    tagclip:<queue>:bulk:job:<id>:cancelled   the unix time the job was cancelled (absent: not cancelled)
     tagclip:<queue>:bulk:active:<project>:<version>   the job taking on new tasks for this project/version
     tagclip:<queue>:bulk:latest:<project>:<version>   the newest job (for --retry-failed)
 
@@ -67,7 +68,7 @@ class BulkStore:
 
     def all_keys(self, job: str) -> list[str]:
         return [self.job_key(job)] + [
-            self.job_key(job, p) for p in ("tasks", "done", "recovered", "failed", "chunks", "progress")
+            self.job_key(job, p) for p in ("tasks", "done", "recovered", "failed", "chunks", "progress", "cancelled")
         ]
 
     # --- jobs ---
@@ -110,6 +111,14 @@ class BulkStore:
                 pipe.execute()
             else:
                 pipe.unwatch()
+
+    def mark_cancelled(self, job: str) -> None:
+        """The job takes on no more tasks and its workers skip the chunks they have not started."""
+        self.redis.set(self.job_key(job, "cancelled"), time.time(), nx=True, ex=STATE_TTL)
+
+    def cancelled_at(self, job: str) -> float | None:
+        value = self.redis.get(self.job_key(job, "cancelled"))
+        return float(_text(value)) if value else None
 
     def info(self, job: str) -> dict[str, str]:
         raw = self.redis.hgetall(self.job_key(job))

@@ -4,6 +4,9 @@ Reading the status also settles chunks whose RQ job ended (finished, or failed a
 tasks of a failed chunk that are not done are recorded as failed with the chunk's error. It also cleans
 the bulk queue's StartedJobRegistry, so a chunk of a killed worker is re-queued (RQ Retry) without
 waiting for a worker's maintenance pass. Several readers may do this at once; each chunk settles once.
+
+A cancelled job (backend.bulk.cancel) is "cancelling" while chunks a worker had started run, then
+"cancelled"; its tasks that will not run are counted as `cancelled`, not failed.
 """
 
 from __future__ import annotations
@@ -34,18 +37,21 @@ def job_status(store: BulkStore, queue: Queue, job: str, now: float | None = Non
     """The status of bulk job `job` (raises BulkJobNotFoundError for an unknown id)."""
     now = time.time() if now is None else now
     info = store.info(job)
+    cancelled_at = store.cancelled_at(job)
     _cleanup_abandoned(queue)
-    chunk_states = _settle_chunks(store, queue, job)
+    chunk_states = _settle_chunks(store, queue, job, cancelled=cancelled_at is not None)
     counts = store.counts(job)
     failed = store.failed(job)
     total = counts["tasks"]
     finished = counts["done"] + counts["failed"]
     remaining = max(0, total - finished)
     running = min(remaining, chunk_states["running_tasks"])
+    # A cancelled job's tasks that are neither finished nor running will not run.
+    cancelled = remaining - running if cancelled_at is not None else 0
     listed = info.get("listed") == "1"
     live = chunk_states["queued"] + chunk_states["running"]
-    state = _state(info, listed, live, now)
-    if state == "done":
+    state = _state(info, listed, live, now, cancelled_at is not None)
+    if state in ("done", "cancelled"):
         store.release_active(int(info["project"]), info["model_version"], job)
         if not info.get("finished_at"):
             finished_at = float(info.get("last_progress_at") or now)
@@ -62,8 +68,9 @@ def job_status(store: BulkStore, queue: Queue, job: str, now: float | None = Non
         "state": state,
         "write": info.get("write"),
         "total": total,
-        "queued": remaining - running,
+        "queued": remaining - running - cancelled,
         "running": running,
+        "cancelled": cancelled,
         "done": counts["done"],
         "written": written,
         "recovered": counts["recovered"],
@@ -74,9 +81,10 @@ def job_status(store: BulkStore, queue: Queue, job: str, now: float | None = Non
             "running": chunk_states["running"],
             "finished": int(info.get("chunks_finished", 0) or 0),
             "failed": int(info.get("chunks_failed", 0) or 0),
+            "cancelled": int(info.get("chunks_cancelled", 0) or 0),
         },
         "tasks_per_s": round(rate, 3),
-        "eta_s": round(remaining / rate, 1) if rate > 0 and remaining else (0.0 if not remaining else None),
+        "eta_s": _eta(remaining - cancelled, rate),
         "elapsed_s": round(_elapsed(info, now), 1),
         # The whole write phase (claims, the Label Studio check, the writes) and only the storing calls.
         "write_s_per_task": round(write_seconds / written, 4) if written else None,
@@ -85,17 +93,20 @@ def job_status(store: BulkStore, queue: Queue, job: str, now: float | None = Non
         "predict_s": round(float(info.get("predict_seconds", 0) or 0), 2),
         "created_at": float(info["created_at"]),
         "finished_at": float(info["finished_at"]) if info.get("finished_at") else None,
+        "cancelled_at": cancelled_at,
     }
 
 
-def _state(info: Mapping[str, str], listed: bool, live_chunks: int, now: float) -> str:
+def _state(info: Mapping[str, str], listed: bool, live_chunks: int, now: float, cancelled: bool) -> str:
+    if cancelled:
+        return "cancelling" if live_chunks else "cancelled"
     if not listed:
         beat = float(info.get("listing_beat") or info.get("created_at") or now)
         return "listing" if now - beat < LISTING_STALE_SECONDS else "interrupted"
     return "running" if live_chunks else "done"
 
 
-def _settle_chunks(store: BulkStore, queue: Queue, job: str) -> dict[str, int]:
+def _settle_chunks(store: BulkStore, queue: Queue, job: str, cancelled: bool) -> dict[str, int]:
     chunks = store.live_chunks(job)
     ids = list(chunks)
     with store.redis.pipeline() as pipe:
@@ -107,6 +118,8 @@ def _settle_chunks(store: BulkStore, queue: Queue, job: str) -> dict[str, int]:
         status = raw.decode() if isinstance(raw, bytes) else raw
         if status == JobStatus.FINISHED.value:
             store.settle_chunk(job, rq_id, "finished")
+        elif cancelled and status == JobStatus.CANCELED.value:
+            store.settle_chunk(job, rq_id, "cancelled")  # dropped by cancel_job: its tasks are not failures
         elif status in _TERMINAL_FAILED or status is None:
             _settle_failed(store, queue, job, rq_id, chunks[rq_id], status)
         elif status == JobStatus.STARTED.value:
@@ -152,6 +165,12 @@ def _methods(info: Mapping[str, str]) -> dict[str, dict[str, Any]]:
         if written:
             out[method] = {"written": written, "store_s_per_task": round(seconds / written, 4)}
     return out
+
+
+def _eta(remaining: int, rate: float) -> float | None:
+    if not remaining:
+        return 0.0
+    return round(remaining / rate, 1) if rate > 0 else None
 
 
 def _elapsed(info: Mapping[str, str], now: float) -> float:

@@ -29,6 +29,7 @@ from backend.bulk.ledger import Ledger, owner_name
 from backend.bulk.planner import BulkPlanner, BulkRequest
 from backend.bulk.status import job_status
 from backend.bulk.verify import verify_job
+from backend.errors import BulkSetupError
 from backend.fetch import Source
 from backend.lsapi import LabelStudioClient
 from backend.settings import Settings
@@ -404,3 +405,50 @@ def test_export_of_reviewed_tags_and_masks(label_studio, env, tmp_path):
     coco = json.loads(outputs["coco"])
     assert len(coco["images"]) == 2 and len(coco["annotations"]) == 1 and len(coco["image_labels"]) == 3
     assert coco["annotations"][0]["segmentation"]["size"] == [30, 40]
+
+
+def test_cancel_drops_waiting_chunks_and_a_rerun_resumes(label_studio, workers, env, redis_url):
+    """Workers suspended (RQ's own switch) while the command enqueues, so the chunks wait; `--cancel` drops
+    them (a worker that was already blocked on the queue may have taken one: it finishes or skips it); the
+    cancelled job takes on nothing more; a rerun starts a new job that predicts exactly the rest."""
+    from redis import Redis
+    from rq.suspension import resume, suspend
+
+    project = make_project(label_studio, "TagCLIP bulk cancel", 12, n_images=3)
+    version = setup_version(workers, project.id)
+    store, queue = store_and_queue(redis_url, workers.queue_name)
+    connection = Redis.from_url(redis_url)
+    suspend(connection)
+    try:
+        code, _, stdout = run_cli(env, "--project", str(project.id), "--chunk-size", "1", "--no-wait")
+        assert code == 0, stdout
+        job = store.latest(project.id, version)
+        chunks = len(store.live_chunks(job))
+        assert chunks == 12
+        code, status, stdout = run_cli(env, "--project", str(project.id), "--cancel")
+        assert code == 0 and f"job {job} cancelled" in stdout, stdout
+    finally:
+        resume(connection)
+    dropped = int(stdout.split("cancelled: ")[1].split(" waiting")[0])
+    assert dropped >= chunks - len(workers.workers)  # at most one chunk per worker was taken before the cancel
+    assert status["id"] == job and status["state"] == "cancelled" and status["failed"] == 0
+    assert status["done"] + status["cancelled"] == 12 and status["chunks"]["cancelled"] == dropped
+    assert not [j for j in queue.get_job_ids() if j.startswith(f"tagclip-bulk-{job}-")]
+    stored = predictions_by_task(label_studio, project.id)
+    assert len(stored) == status["done"] and all(len(p) == 1 for p in stored.values())
+    over_http = requests.get(f"{workers.url}/jobs/{job}", timeout=10).json()
+    assert over_http["state"] == "cancelled" and over_http["cancelled_at"] is not None
+    again = requests.post(f"{workers.url}/jobs/{job}/cancel", timeout=10)
+    assert again.status_code == 202 and again.json()["dropped_chunks"] == 0 and again.json()["state"] == "cancelled"
+    # The cancelled job takes on nothing more, and its failed tasks cannot be retried: a rerun is the way.
+    planner = _planner(workers, label_studio)
+    prepared = planner.prepare(BulkRequest(project=project.id, chunk_size=4))
+    assert planner.enqueue_tasks(job, prepared, planner.client.tasks_by_id(project.id, project.tasks)) == 0
+    with pytest.raises(BulkSetupError, match="cancelled"):
+        planner.retry_failed(job)
+    code, rerun, stdout = run_cli(env, "--project", str(project.id), "--chunk-size", "4")
+    assert code == 0, stdout
+    assert rerun["id"] != job and rerun["state"] == "done" and rerun["total"] == status["cancelled"]
+    assert_exactly_one(label_studio, project, version, project.tasks)
+    late = requests.post(f"{workers.url}/jobs/{rerun['id']}/cancel", timeout=10).json()
+    assert late["already_finished"] is True and late["state"] == "done"  # a finished job stays as it was

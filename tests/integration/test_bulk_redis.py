@@ -98,3 +98,40 @@ def test_auto_write_method_measures_both_then_takes_the_cheaper_and_probes(ledge
     assert costs.estimates()["import"] > costs.estimates()["single"]
     plans = [costs.plan("auto", 64) for _ in range(PROBE_EVERY)]
     assert plans.count([("single", 64)]) == PROBE_EVERY - 1 and plans.count([("import", 64)]) == 1
+
+
+def test_a_chunk_of_a_cancelled_job_is_skipped_without_predicting(redis_url):
+    """A worker that takes a chunk just as its job is cancelled skips it: no prediction, no write, no start."""
+    from backend.bulk.chunk import run_chunk
+    from backend.bulk.payload import BulkChunk, BulkTask, build_payload
+    from backend.bulk.state import BulkStore
+    from backend.fetch import Source
+    from backend.settings import Settings
+
+    connection = redis.Redis.from_url(redis_url)
+    queue = f"tagclip-it-cancel-{uuid.uuid4().hex[:8]}"
+    store = BulkStore(connection, queue)
+    job = store.create({"project": 3, "model_version": "tagclip-x"})
+    chunk = BulkChunk(
+        job=job,
+        queue=queue,
+        project=3,
+        model_version="tagclip-x",
+        label_config="<View/>",
+        extra_params={},
+        write="import",
+        source=Source("http://127.0.0.1:9", "key"),  # nothing listens: any write would fail
+        tasks=(BulkTask(7, {"image": "/data/upload/1/a.png"}),),
+    )
+
+    def predict(_payload):
+        raise AssertionError("a cancelled job's chunk must not be predicted")
+
+    try:
+        store.mark_cancelled(job)
+        summary = run_chunk(build_payload(chunk), predict, connection, Settings.from_env({}), owner_name("w", 1))
+        assert summary["skipped"] == "cancelled" and summary["job"] == job
+        assert "started_at" not in store.info(job) and store.cancelled_at(job) is not None
+    finally:
+        for key in connection.scan_iter(f"tagclip:{queue}:*"):
+            connection.delete(key)
