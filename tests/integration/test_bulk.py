@@ -122,8 +122,9 @@ def test_killed_command_and_worker_end_with_exactly_one_prediction_per_task(
     assert "attached to running job " + run["job"] in run["stdout"]
     assert run["code"] == 1 and status["id"] == run["job"] and status["state"] == "done"
     assert status["total"] == N_TASKS and status["done"] == N_TASKS - 2 and status["failed"] == 2
+    assert status["cancelled"] == 0 and status["cancelled_at"] is None
     # No task was enqueued twice: the rerun added nothing the job had (80 tasks in chunks of 4).
-    assert status["chunks"] == {"queued": 0, "running": 0, "finished": N_TASKS // CHUNK, "failed": 0}
+    assert status["chunks"] == {"queued": 0, "running": 0, "finished": N_TASKS // CHUNK, "failed": 0, "cancelled": 0}
     assert {f["task"] for f in status["failed_tasks"]} == set(project.corrupt)
     assert all("not a recognised image format" in f["reason"] for f in status["failed_tasks"])
     assert status["verify"]["duplicates_removed"] == 0 and status["verify"]["missing"] == []
