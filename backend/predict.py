@@ -100,7 +100,8 @@ class Predictor:
             if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
                 raise BadRequestError(f"extra_params.threshold must be a number in [0, 1], got {threshold!r}")
             threshold = float(threshold)
-        return Options(background=normalize_background(background), threshold=threshold, masks=_mask_defaults(extra))
+        masks = _mask_defaults(extra, self.settings)
+        return Options(background=normalize_background(background), threshold=threshold, masks=masks)
 
     def version(self, parsed: ParsedConfig, options: Options) -> str:
         return model_version(self.model_key, self.settings.model_name, parsed.plan, options.background)
@@ -214,17 +215,16 @@ class Predictor:
         return _empty(version)
 
 
-def _mask_defaults(extra: Mapping[str, Any]) -> MaskDefaults:
+def _mask_defaults(extra: Mapping[str, Any], settings: Settings) -> MaskDefaults:
     """The project's mask defaults from extra_params: {"mask_mode": "coarse" | "clip-es" | "off",
-    "min_region_area": pixels}; absent keys keep the built-in defaults."""
-    defaults = MaskDefaults()
+    "min_region_area": pixels}; absent keys keep the backend's TAGCLIP_MASK_MODE / TAGCLIP_MIN_REGION_AREA."""
     mode = extra.get(MASK_MODE_PARAM)
     if mode is not None and (not isinstance(mode, str) or mode.strip().lower() not in (*MASK_MODES, MASKS_OFF)):
         raise BadRequestError(f"extra_params.{MASK_MODE_PARAM} must be one of {(*MASK_MODES, MASKS_OFF)}, got {mode!r}")
-    area = extra.get(MIN_AREA_PARAM, defaults.min_region_area)
+    area = extra.get(MIN_AREA_PARAM, settings.min_region_area)
     if isinstance(area, bool) or not isinstance(area, int) or area < 0:
         raise BadRequestError(f"extra_params.{MIN_AREA_PARAM} must be an integer >= 0, got {area!r}")
-    mode = defaults.mode if mode is None else mode.strip().lower()
+    mode = settings.mask_mode if mode is None else mode.strip().lower()
     if mode == MASKS_OFF:
         return MaskDefaults(min_region_area=area, enabled=False)
     return MaskDefaults(mode=mode, min_region_area=area)

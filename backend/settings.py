@@ -15,6 +15,8 @@ from .errors import SettingsError
 # Label Studio's read timeout for /predict (ML_TIMEOUT_PREDICT, 100 s by default). PREDICT_TIMEOUT
 # must stay below it, or Label Studio gives up before we answer and stores nothing.
 LABEL_STUDIO_PREDICT_TIMEOUT = 100.0
+# TAGCLIP_MASK_MODE values: the mask modes of backend.converters.regions.MASK_MODES, or "off".
+MASK_MODE_CHOICES = ("coarse", "clip-es", "off")
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,13 @@ class Settings:
     cache_dir: str | None = None
     # Background words: "voc", "coco", "none" or a comma list; extra_params.background overrides it.
     background: str = "voc"
+    # Masks of region controls (BrushLabels, RectangleLabels, PolygonLabels) that do not say: "coarse" (nearly
+    # free), "clip-es" (the paper's CLS-SEG, slower) or "off" (region controls are skipped); a project's
+    # extra_params.mask_mode and the tags' model_mask_mode / model_masks override it.
+    mask_mode: str = "coarse"
+    # Regions smaller than this many pixels are dropped; extra_params.min_region_area and model_min_region_area
+    # override.
+    min_region_area: int = 0
     # Allow downloading pretrained weights at first start.
     allow_download: bool = True
 
@@ -113,6 +122,10 @@ class Settings:
             raise SettingsError("WORKER_HEARTBEAT and DOWNLOAD_TIMEOUT must be positive")
         if self.server_workers > 1 and not self.redis_url:
             raise SettingsError("SERVER_WORKERS > 1 needs REDIS_URL (embedded mode keeps one engine per process)")
+        if self.mask_mode not in MASK_MODE_CHOICES:
+            raise SettingsError(f"TAGCLIP_MASK_MODE must be one of {MASK_MODE_CHOICES}, got {self.mask_mode!r}")
+        if self.min_region_area < 0:
+            raise SettingsError(f"TAGCLIP_MIN_REGION_AREA must be >= 0, got {self.min_region_area}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise SettingsError(f"TAGCLIP_PRECISION must be fp32, bf16 or fp16, got {self.precision!r}")
 
@@ -169,6 +182,8 @@ ENV_VARS: dict[str, str] = {
     "precision": "TAGCLIP_PRECISION",
     "cache_dir": "TAGCLIP_CACHE_DIR",
     "background": "TAGCLIP_BACKGROUND",
+    "mask_mode": "TAGCLIP_MASK_MODE",
+    "min_region_area": "TAGCLIP_MIN_REGION_AREA",
     "allow_download": "TAGCLIP_ALLOW_DOWNLOAD",
     "redis_url": "REDIS_URL",
     "queue_name": "TAGCLIP_QUEUE",

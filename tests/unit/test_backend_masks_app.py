@@ -3,11 +3,14 @@ Image + Choices + BrushLabels + RectangleLabels + PolygonLabels, images from a r
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import decode_rle
 from label_studio_sdk.label_interface import LabelInterface
 
+from backend.app import create_app
 from tests.fixtures.http_server import serve_directory
 from tests.fixtures.mask_configs import mask_config
 from tests.integration.stack import png_bytes
@@ -148,3 +151,24 @@ def test_bad_mask_attribute_gets_422(client):
     config = CONFIG.replace('<BrushLabels name="mask"', '<BrushLabels name="mask" model_mask_mode="grabcut"')
     response = client.post("/setup", json={"project": "6.1", "schema": config})
     assert response.status_code == 422 and "model_mask_mode" in response.json["error"]
+
+
+@pytest.fixture(scope="module")
+def clip_es_client(tiny_settings):
+    """A backend whose TAGCLIP_MASK_MODE is clip-es (the operator's default for every project)."""
+    app = create_app(dataclasses.replace(tiny_settings, mask_mode="clip-es", min_region_area=3))
+    yield app.test_client()
+    app.extensions["tagclip"].dispatcher.close()
+
+
+def test_backend_wide_mask_mode_is_the_default_and_projects_override_it(client, clip_es_client, images):
+    # The backend default gives what extra_params gives on a default backend: same version, same regions.
+    version = setup(clip_es_client, images)
+    assert version == setup(client, images, mask_mode="clip-es", min_region_area=3)
+    results = predict(clip_es_client)
+    check_regions(results, version)
+    assert [r["result"] for r in results] == [r["result"] for r in predict(client)]
+    # A project's extra_params still win: coarse here is the default backend's coarse.
+    assert setup(clip_es_client, images, mask_mode="coarse", min_region_area=0) == setup(client, images)
+    off = setup(clip_es_client, images, mask_mode="off")
+    assert off == setup(client, images, config=CHOICES_ONLY)

@@ -31,8 +31,11 @@ def test_every_field_has_an_env_var_and_values_parse():
         "SERVER_WORKERS": "2",
         "LABEL_STUDIO_URL": "http://ls:8080",
         "MAX_IMAGE_PIXELS": "1000",
+        "TAGCLIP_MASK_MODE": "clip-es",
+        "TAGCLIP_MIN_REGION_AREA": "25",
     }
     s = Settings.from_env(env)
+    assert (s.mask_mode, s.min_region_area) == ("clip-es", 25)
     assert (s.model_name, s.checkpoint, s.device, s.allow_download) == ("ViT-L-14", "/w/x.pt", "cuda:1", False)
     assert (s.redis_url, s.chunk_size, s.predict_timeout, s.port) == ("redis://r:6379/2", 4, 30.5, 9191)
     assert s.basic_auth == ("u", "p") and not s.embedded and s.max_image_pixels == 1000
@@ -53,8 +56,18 @@ def test_empty_values_keep_defaults():
         ({"CHUNK_SIZE": "0"}, "CHUNK_SIZE must be positive"),
         ({"SERVER_WORKERS": "2"}, "needs REDIS_URL"),
         ({"TAGCLIP_PRECISION": "int8"}, "TAGCLIP_PRECISION"),
+        ({"TAGCLIP_MASK_MODE": "grabcut"}, "TAGCLIP_MASK_MODE"),
+        ({"TAGCLIP_MIN_REGION_AREA": "-1"}, "TAGCLIP_MIN_REGION_AREA"),
     ],
 )
 def test_bad_values_raise_settings_error(env, message):
     with pytest.raises(SettingsError, match=message):
         Settings.from_env(env)
+
+
+def test_mask_mode_choices_are_the_converters_modes_and_off():
+    from backend.converters.regions import MASK_MODES
+    from backend.predict import MASKS_OFF
+    from backend.settings import MASK_MODE_CHOICES
+
+    assert set(MASK_MODE_CHOICES) == {*MASK_MODES, MASKS_OFF}
