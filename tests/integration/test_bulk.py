@@ -283,13 +283,17 @@ def test_labeling_page_prefills_the_bulk_prediction(interrupted_run, label_studi
         browser.set_cookies(label_studio.url, login_cookies(label_studio.url, LS_USER, LS_PASSWORD))
         browser.navigate(f"{label_studio.url}/projects/{project.id}/data?task={task}")
         page = browser.wait_for(PAGE_DRAFT, 90, what="the labeling page with the prediction's draft")
-        text = browser.evaluate("document.body.innerText")
+        # The store holds the draft before the page draws the prediction's tab: wait for the tab too.
+        suffix = json.dumps(run["version"][-6:])
+        shown = browser.wait_for(
+            f"document.body.innerText.includes({suffix})", 60, what="the prediction's tab with its model version"
+        )
         browser.screenshot(artifacts / "label-studio-bulk-task.png")
     finally:
         browser.close()
     (choices,) = [r for r in page["result"] if r["type"] == "choices"]
     assert set(choices["value"]["choices"]) == set(prediction["result"][0]["value"]["choices"])
-    assert run["version"][-6:] in text  # the prediction's tab
+    assert shown is True  # the prediction's tab
 
 
 # --- review: export and report ---
