@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .converters import MaskDefaults, converter_for
+from .converters import MaskDefaults, task_regions
 from .converters.base import prediction_score
 from .converters.regions import MASK_MODES
 from .errors import BadRequestError
@@ -193,13 +193,8 @@ class Predictor:
             return self._failed(task_id, version, "worker returned no entry for this task", "missing")
         if output.get("error"):
             return self._failed(task_id, version, str(output["error"]), str(output.get("kind") or "image"))
-        regions: list[dict[str, Any]] = []
-        outputs = output.get("outputs") or {}
         try:
-            for plan in parsed.plan.controls:
-                if plan.name in outputs:
-                    converter = converter_for(plan)
-                    regions.extend(converter.to_regions(converter.read_output(outputs[plan.name]), plan))
+            regions = task_regions(output.get("outputs") or {}, parsed.plan.controls)
         except (KeyError, TypeError, ValueError) as e:
             return self._failed(task_id, version, f"malformed worker output: {e}", "malformed")
         errors = parsed.interface.validate_prediction({"result": regions}, return_errors=True)

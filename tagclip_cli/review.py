@@ -9,7 +9,7 @@ Definitions, over the reviewed tasks that have a prediction of the model version
   when a label with positives is never suggested); None where the denominator is 0.
 * AP: rank tasks by the label's score (descending, ties by task order); AP = mean over positive tasks of
   the precision at their rank (tagclip_core.metrics.average_precision's definition).
-* Scores: the prediction's per-label scores (`label_scores`, written by the bulk path); without them, a
+* Scores: the prediction's per-label scores (`label_scores`, written by /predict and the bulk path); without them, a
   suggested label scores the region's score and the others 0 (AP and thresholds are then coarse).
 * Suggested threshold t: the score at which predicting "score >= t" (multi-label), or "the top label, if its
   score >= t" (single choice), gives the best F1; ties go to the higher t. Only tasks with per-label
@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from .dataset import ConfigInfo, ControlInfo, latest_annotation, tags_of
+from backend.converters import LABEL_SCORES_KEY
 
-LABEL_SCORES_KEY = "label_scores"
+from .dataset import ConfigInfo, ControlInfo, latest_annotation, tags_of
 
 
 @dataclass(frozen=True)

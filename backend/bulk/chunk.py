@@ -15,8 +15,8 @@ from typing import Any
 
 from redis import Redis
 
-from ..converters import converter_for
-from ..converters.base import ControlPlan, prediction_score
+from ..converters import task_regions
+from ..converters.base import prediction_score
 from ..errors import ModelMismatchError
 from ..jobspec import build_payloads
 from ..lsapi import LabelStudioClient
@@ -28,12 +28,6 @@ from .version import ResolvedVersion, resolve_version, versions_predictor
 from .writeback import PredictionWriter
 
 log = logging.getLogger(__name__)
-
-# Region key holding every class's score of a whole-image control (what the report needs for AP and
-# thresholds); Label Studio stores it with the region and its editor ignores it.
-LABEL_SCORES_KEY = "label_scores"
-# Region types that label the whole image (their regions get LABEL_SCORES_KEY).
-WHOLE_IMAGE_TYPES = ("choices", "taxonomy")
 
 PredictFunction = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -139,29 +133,6 @@ def predictions_for(
                 "model_version": resolved.model_version,
             }
     return items, failed
-
-
-def task_regions(outputs: Mapping[str, Any], controls: Sequence[ControlPlan]) -> list[dict[str, Any]]:
-    """The worker's outputs of one task -> result regions, as /predict builds them, plus every class's
-    score on whole-image regions (LABEL_SCORES_KEY)."""
-    regions: list[dict[str, Any]] = []
-    for plan in controls:
-        if plan.name not in outputs:
-            continue
-        converter = converter_for(plan)
-        made = converter.to_regions(converter.read_output(outputs[plan.name]), plan)
-        scores = label_scores(outputs[plan.name], plan)
-        for region in made:
-            if region.get("type") in WHOLE_IMAGE_TYPES and scores:
-                region[LABEL_SCORES_KEY] = scores
-        regions.extend(made)
-    return regions
-
-
-def label_scores(output: Mapping[str, Any], plan: ControlPlan) -> dict[str, float]:
-    """Every class's score for one control, keyed by the class label (config order)."""
-    by_label = dict(zip(output.get("labels", []), output.get("scores", []), strict=False))
-    return {c.label: float(by_label[c.label]) for c in plan.classes if c.label in by_label}
 
 
 def _sample(failed: Mapping[int, str], n: int = 3) -> str:

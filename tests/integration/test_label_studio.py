@@ -47,6 +47,11 @@ def assert_valid_prediction(prediction: dict, version: str, interface: LabelInte
     region = regions[0]
     assert (region["from_name"], region["to_name"], region["type"]) == ("tags", "image", "choices")
     assert region["value"]["choices"] and set(region["value"]["choices"]) <= set(LABELS)
+    # Every label's score, stored by Label Studio with the region (what `tagclip report` uses).
+    scores = region["label_scores"]
+    assert set(scores) == set(LABELS) and all(0 <= v <= 1 for v in scores.values())
+    chosen = [scores[label] for label in region["value"]["choices"]]
+    assert region["score"] == pytest.approx(sum(chosen) / len(chosen), abs=1e-6)
 
 
 @pytest.fixture(scope="module")

@@ -92,6 +92,10 @@ def test_predict_returns_valid_aligned_results_and_a_corrupt_image_costs_only_it
         assert len(scene["value"]["choices"]) == 1  # single choice keeps the top label
         tags = next(r for r in result["result"] if r["from_name"] == "tags")
         assert set(tags["value"]["choices"]) <= {"Cat", "Dog", "Car"} and tags["value"]["choices"]
+        # Every label's score rides along (tagclip report reads it); the region's score is the chosen ones' mean.
+        assert set(tags["label_scores"]) == {"Cat", "Dog", "Car"}
+        chosen = [tags["label_scores"][label] for label in tags["value"]["choices"]]
+        assert tags["score"] == pytest.approx(sum(chosen) / len(chosen), abs=1e-6)
         assert result["score"] == pytest.approx(sum(r["score"] for r in result["result"]) / 2, abs=1e-6)
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from backend.app import create_app
-from backend.bulk.chunk import LABEL_SCORES_KEY, task_regions
 from backend.bulk.payload import BulkChunk, BulkTask, build_payload, parse_payload
 from backend.bulk.planner import BulkRequest
 from backend.bulk.version import project_extra_params, resolve_version, versions_predictor
+from backend.converters import LABEL_SCORES_KEY, task_regions
 from backend.errors import BulkSetupError, PayloadError
 from backend.fetch import Source
 from backend.settings import Settings
