@@ -145,9 +145,8 @@ class LabelStudioClient:
         )
         return int(response.json().get("created", 0))
 
-    def predictions(self, project: int | None = None, task: int | None = None) -> list[dict[str, Any]]:
-        params = {k: v for k, v in (("project", project), ("task", task)) if v is not None}
-        answer = self.get_json("/api/predictions", params)
+    def predictions(self, project: int) -> list[dict[str, Any]]:
+        answer = self.get_json("/api/predictions", {"project": project})
         return answer if isinstance(answer, list) else []
 
     def delete_prediction(self, prediction: int) -> None:

@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 from .errors import UsageError
+from .studio import add_connection_arguments, studio_client
 
 # Seconds between status polls while following a job.
 POLL_SECONDS = 0.5
@@ -42,8 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which.add_argument(
         "--filter", help='only tasks matching this Data Manager filter JSON ({"conjunction": "and", ...})'
     )
-    parser.add_argument("--url", help="Label Studio URL (LABEL_STUDIO_URL)")
-    parser.add_argument("--api-key", help="Label Studio legacy token or personal access token (LABEL_STUDIO_API_KEY)")
+    add_connection_arguments(parser)
     parser.add_argument("--redis-url", help="the workers' Redis (REDIS_URL)")
     parser.add_argument("--chunk-size", type=_positive, help="tasks per job chunk (default 64)")
     parser.add_argument(
@@ -83,13 +83,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from redis import Redis
-    from rq import Queue
-    from rq.serializers import JSONSerializer
 
     from backend.bulk.planner import DEFAULT_CHUNK_SIZE, BulkPlanner, BulkRequest
-    from backend.bulk.state import bulk_queue_name
-    from backend.fetch import Source
-    from backend.lsapi import LabelStudioClient
     from backend.settings import Settings
 
     settings = Settings.from_env()
@@ -99,12 +94,10 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(
             "bulk pre-annotation needs Redis: set REDIS_URL (or --redis-url) to the Redis your `tagclip worker`s use"
         )
-    client = LabelStudioClient(
-        Source(url=args.url or settings.label_studio_url, api_key=args.api_key or settings.label_studio_api_key)
-    )
+    client = studio_client(args, settings)
     redis = Redis.from_url(settings.redis_url, socket_connect_timeout=3.0, socket_timeout=30.0)
     planner = BulkPlanner(settings, redis, client)
-    queue = Queue(bulk_queue_name(settings.queue_name), connection=redis, serializer=JSONSerializer)
+    queue = planner.queue
     request = BulkRequest(
         project=args.project,
         view=args.view,

@@ -13,17 +13,22 @@ from .errors import UsageError
 def add_studio_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--project", type=int, required=True, help="Label Studio project id")
     parser.add_argument("--view", type=int, help="only the tasks of this Data Manager view")
+    add_connection_arguments(parser)
+
+
+def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", help="Label Studio URL (LABEL_STUDIO_URL)")
     parser.add_argument("--api-key", help="Label Studio legacy token or personal access token (LABEL_STUDIO_API_KEY)")
 
 
-def studio_client(args: argparse.Namespace):
-    """A Label Studio client from --url/--api-key, else LABEL_STUDIO_URL/LABEL_STUDIO_API_KEY."""
+def studio_client(args: argparse.Namespace, settings: Any = None):
+    """A Label Studio client from --url/--api-key, else LABEL_STUDIO_URL/LABEL_STUDIO_API_KEY (of `settings`,
+    default: the environment's)."""
     from backend.fetch import Source
     from backend.lsapi import LabelStudioClient
     from backend.settings import Settings
 
-    settings = Settings.from_env()
+    settings = settings or Settings.from_env()
     return LabelStudioClient(
         Source(url=args.url or settings.label_studio_url, api_key=args.api_key or settings.label_studio_api_key)
     )

@@ -112,7 +112,8 @@ def block_forward(
         for start in range(0, queries, rows):
             rows_now = slice(start, min(start + rows, queries))
             scores = q[:, head, rows_now] @ k[:, head]
-            probs = scores.softmax(dim=-1)
+            if want_probs or mask is None:
+                probs = scores.softmax(dim=-1)
             if want_probs:
                 # In the dtype softmax gives (float32 under CUDA autocast too).
                 summed = probs.new_zeros(q.shape[0], queries, keys) if summed is None else summed

@@ -24,4 +24,4 @@ def preannotate_chunk(payload: dict[str, Any]) -> dict[str, Any]:
         raise RuntimeError("preannotate_chunk runs inside an RQ worker (`tagclip worker`)")
     # The owner of this chunk's write claims: the live RQ worker (its presence entry) and this process.
     owner = owner_name(job.worker_name or runtime.name, os.getpid())
-    return run_chunk(payload, predict_chunk, job.connection, runtime.settings, owner)
+    return run_chunk(payload, predict_chunk, job.connection, runtime.settings, owner, runtime.versions)

@@ -15,10 +15,13 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
+from functools import cached_property
 from typing import Any
 
+from backend.bulk.version import versions_predictor
 from backend.fetch import FetchLimits, ImageFetcher, LabelStudioAuth, make_session
 from backend.identity import model_key
+from backend.predict import Predictor
 from backend.settings import Settings
 from tagclip_core import EngineConfig, ModelSpec, TagCLIP
 from tagclip_core.config import MaskConfig
@@ -54,6 +57,12 @@ class Runtime:
         self.downloads = ThreadPoolExecutor(settings.download_threads, thread_name_prefix="tagclip-download")
         # set_classes + predict is one critical section: embedded mode runs jobs on several threads.
         self.engine_lock = threading.Lock()
+
+    @cached_property
+    def versions(self) -> Predictor:
+        """Computes bulk chunks' model_versions as /setup does; built on the first chunk, then its label-config
+        cache lives across chunks."""
+        return versions_predictor(self.settings)
 
     @classmethod
     def load(cls, settings: Settings, name: str = "embedded") -> Runtime:

@@ -20,6 +20,7 @@ from ..converters.base import prediction_score
 from ..errors import ModelMismatchError
 from ..jobspec import build_payloads
 from ..lsapi import LabelStudioClient
+from ..predict import Predictor
 from ..settings import Settings
 from .ledger import Ledger
 from .payload import SCHEMA, BulkChunk, BulkTask, parse_payload
@@ -32,16 +33,26 @@ log = logging.getLogger(__name__)
 PredictFunction = Callable[[dict[str, Any]], dict[str, Any]]
 
 
-def run_chunk(payload: Any, predict: PredictFunction, redis: Redis, settings: Settings, owner: str) -> dict[str, Any]:
+def run_chunk(
+    payload: Any,
+    predict: PredictFunction,
+    redis: Redis,
+    settings: Settings,
+    owner: str,
+    versions: Predictor | None = None,
+) -> dict[str, Any]:
     """Run one bulk chunk; returns its summary (plain JSON). Raises when the chunk cannot run at all
-    (malformed payload, other weights, Label Studio unreachable) so RQ records and retries it."""
+    (malformed payload, other weights, Label Studio unreachable) so RQ records and retries it.
+
+    versions: the worker's versions_predictor(settings), kept across chunks so the weights' identity and the
+    parsed label config are computed once per worker, not per chunk (built here when not given)."""
     chunk = parse_payload(payload)
     store = BulkStore(redis, chunk.queue)
     if store.cancelled_at(chunk.job) is not None:
         # Taken from the queue just as the job was cancelled (backend.bulk.cancel): nothing to do.
         log.info("job %s was cancelled: skipping a chunk of %d task(s)", chunk.job, len(chunk.tasks))
         return {"schema": SCHEMA, "job": chunk.job, "worker": owner, "skipped": "cancelled"}
-    resolved = resolve_version(versions_predictor(settings), chunk.label_config, chunk.extra_params)
+    resolved = resolve_version(versions or versions_predictor(settings), chunk.label_config, chunk.extra_params)
     if resolved.model_version != chunk.model_version:
         raise ModelMismatchError(
             f"chunk of job {chunk.job} is for model_version {chunk.model_version}, this worker computes "

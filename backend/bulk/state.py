@@ -1,7 +1,7 @@
 """A bulk job's state in Redis, shared by the CLI, the backend and the workers.
 
     tagclip:<queue>:bulk:job:<id>             hash: project, model_version, label_config, extra_params, write,
-                                              chunk_size, created_at, listed, listing_beat, skipped_existing,
+                                              chunk_size, created_at, listed, listing_beat,
                                               started_at, finished_at, predict_seconds, write_seconds, written
     tagclip:<queue>:bulk:job:<id>:tasks       set: every task the job took on
     tagclip:<queue>:bulk:job:<id>:done        set: tasks that have their prediction (written or found)
@@ -143,7 +143,6 @@ class BulkStore:
         pipe.sadd(self.job_key(job, "tasks"), *ids)
         pipe.hdel(self.job_key(job, "failed"), *ids)
         pipe.hset(self.job_key(job, "chunks"), mapping={k: json.dumps(list(v)) for k, v in chunks.items()})
-        pipe.hincrby(self.job_key(job), "chunks_total", len(chunks))
         pipe.hdel(self.job_key(job), "finished_at")
         self.touch(job, pipe)
 

@@ -30,7 +30,6 @@ LISTING_STALE_SECONDS = 120.0
 # Failed tasks listed in a status (all of them are in Redis; --retry-failed takes all).
 MAX_FAILED_LISTED = 1000
 _TERMINAL_FAILED = {JobStatus.FAILED.value, JobStatus.STOPPED.value, JobStatus.CANCELED.value}
-_WAITING = {JobStatus.QUEUED.value, JobStatus.SCHEDULED.value, JobStatus.DEFERRED.value, JobStatus.CREATED.value}
 
 
 def job_status(store: BulkStore, queue: Queue, job: str, now: float | None = None) -> dict[str, Any]:
