@@ -16,6 +16,8 @@ from tqdm import tqdm
 
 from tagclip_core.errors import ImageLoadError
 from tagclip_core.images import load_image
+from tagclip_core.predictor import predict_each
+from tagclip_core.types import PredictionFailure
 
 from .records import error_record, result_record, write_record
 
@@ -27,8 +29,6 @@ class Prediction(Protocol):
 
 
 Predict = Callable[[list[Image.Image]], Sequence[Prediction]]
-# A prediction, or the message of why there is none.
-Outcome = Prediction | str
 
 
 @dataclass(frozen=True)
@@ -71,28 +71,12 @@ def tag_batch(paths: Sequence[str], predict: Predict, load: Callable[[str], Imag
             decoded[index] = load(path)
         except ImageLoadError as error:
             records[index] = error_record(path, str(error))
-    outcomes = predict_isolated(predict, list(decoded.values()))
+    outcomes = predict_each(predict, list(decoded.values()))
     for index, outcome in zip(decoded, outcomes, strict=True):
         path = paths[index]
         records[index] = (
-            error_record(path, outcome)
-            if isinstance(outcome, str)
+            error_record(path, f"prediction failed: {outcome}")
+            if isinstance(outcome, PredictionFailure)
             else result_record(path, outcome.score_dict(), outcome.tags)
         )
     return [records[index] for index in range(len(paths))]
-
-
-def predict_isolated(predict: Predict, images: list[Image.Image]) -> list[Outcome]:
-    """Predict all images at once; if that raises, predict them one by one so only the failing ones fail."""
-    if not images:
-        return []
-    try:
-        predictions = list(predict(images))
-    # Any exception: an engine failure on one image (a bug, CUDA out of memory) must not end the run.
-    except Exception as error:
-        if len(images) == 1:
-            return [f"prediction failed: {type(error).__name__}: {error}"]
-        return [outcome for image in images for outcome in predict_isolated(predict, [image])]
-    if len(predictions) != len(images):
-        raise RuntimeError(f"the engine returned {len(predictions)} predictions for {len(images)} images")
-    return predictions

@@ -40,9 +40,10 @@ from .model import LoadedClip, load_clip, resolve_cache_dir
 from .preprocess import as_pil, model_input_size, to_pixels
 from .prompts import resolve_background
 from .text import TextClassifierCache
-from .types import ClassSpec, ImagePrediction, as_class_specs, labels_of
+from .types import ClassSpec, ImagePrediction, MaskMode, as_class_specs, labels_of
 
-MASK_MODES = ("clip-es", "coarse")
+# The mask modes' names, for messages and command-line choices.
+MASK_MODES = tuple(m.value for m in MaskMode)
 # Foreground value of the uint8 masks (Label Studio draws 0/1 masks invisibly).
 MASK_FOREGROUND = 255
 
@@ -103,10 +104,11 @@ def clipes_prompt(spec: ClassSpec) -> str:
     return ",".join(spec.prompts)
 
 
-def _check_mode(mode: str) -> str:
-    if mode not in MASK_MODES:
-        raise TagCLIPError(f"mask mode must be one of {MASK_MODES}, got {mode!r}")
-    return mode
+def _check_mode(mode: str) -> MaskMode:
+    try:
+        return MaskMode(mode)
+    except ValueError as e:
+        raise TagCLIPError(f"mask mode must be one of {MASK_MODES}, got {mode!r}") from e
 
 
 def _rgb_array(image: Image.Image) -> np.ndarray:
@@ -178,12 +180,12 @@ def coarse_masks(
         raise ClassListError(f"tags {unknown} are not classes of the prediction {list(prediction.labels)}")
     height, width = prediction.original_size
     if not tags:
-        return _empty_result("coarse", (height, width))
+        return _empty_result(MaskMode.COARSE, (height, width))
     rows = [prediction.labels.index(tag) for tag in tags]
     cams = coarse_maps(prediction.patch_scores[rows], (height, width), config.minmax_eps)
     labels_map = level_label_map(cams, config.coarse_background)
     rgb = _rgb_array(as_pil(image)) if image is not None else None
-    return assemble_result("coarse", tags, cams, labels_map, config, np.float32(config.coarse_background), rgb)
+    return assemble_result(MaskMode.COARSE, tags, cams, labels_map, config, np.float32(config.coarse_background), rgb)
 
 
 def _empty_result(mode: str, size: tuple[int, int]) -> MaskResult:
@@ -244,7 +246,7 @@ class Segmenter:
         pil = self._oriented(image)
         tags = tuple(tags)
         specs = as_class_specs(tags) if tags else ()
-        if mode == "coarse":
+        if mode is MaskMode.COARSE:
             if prediction is None:
                 raise TagCLIPError("coarse masks need the image's TagCLIP prediction (its patch_scores)")
             return coarse_masks(prediction, labels_of(specs), self._config, pil if self._config.crf else None)
@@ -273,7 +275,7 @@ class Segmenter:
         cfg = self._config
         original = (image.height, image.width)
         if not specs:
-            return _empty_result("clip-es", original)
+            return _empty_result(MaskMode.CLIP_ES, original)
         visual = self._clip.visual
         patch = self._clip.patch_size
         size = model_input_size(image.height, image.width, patch, self._preprocess.max_side)
@@ -292,4 +294,4 @@ class Segmenter:
         highres = upsample_cams(refined, grid, original).astype(np.float16)
         background = np.float16(1) - highres.max(axis=0) if cfg.crf else None
         rgb = _rgb_array(image) if cfg.crf else None
-        return assemble_result("clip-es", labels_of(specs), highres, label_map(highres), cfg, background, rgb)
+        return assemble_result(MaskMode.CLIP_ES, labels_of(specs), highres, label_map(highres), cfg, background, rgb)

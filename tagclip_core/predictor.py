@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,8 +22,10 @@ from .reidentify import candidate_columns, class_token_mask, crop_inputs, fuse, 
 from .tags import relative_tags
 from .text import TextClassifierCache
 from .timing import NullTimer, StageTimer
-from .types import ClassSpec, ImagePrediction, as_class_specs, labels_of
+from .types import ClassSpec, ImagePrediction, PredictionFailure, as_class_specs, labels_of
 from .vit import AttentionEvidence, class_token_forward, interpolate_pos_embed, tagclip_forward
+
+log = logging.getLogger(__name__)
 
 # CWR crops encoded per batched forward (each is one 224x224 image).
 _CWR_BATCH = 32
@@ -124,6 +127,10 @@ class TagCLIP:
             self._reidentify(work, classes)
         with timer.stage("output"):
             return [self._finish(item, classes) for item in work]
+
+    def predict_each(self, images: Sequence[Image.Image | np.ndarray]) -> list[ImagePrediction | PredictionFailure]:
+        """`predict`, where one image that fails costs only its own entry (see `predict_each`)."""
+        return predict_each(self.predict, images)
 
     def _require_classes(self) -> ClassTable:
         if self._classes is None:
@@ -256,3 +263,28 @@ class TagCLIP:
             input_size=tuple(item.pixels.shape[-2:]),
             original_size=item.original_size,
         )
+
+
+Images = Sequence[Image.Image | np.ndarray]
+
+
+def predict_each(
+    predict: Callable[[Images], Sequence[ImagePrediction]], images: Images
+) -> list[ImagePrediction | PredictionFailure]:
+    """Predict all images in one call; if it raises, predict them one by one, so only the images that fail
+    alone get a PredictionFailure. Any exception counts: a bug or a CUDA out-of-memory error on one image
+    must not cost the rest of the batch."""
+    if not images:
+        return []
+    try:
+        predictions = list(predict(images))
+    except Exception as error:
+        if len(images) == 1:
+            return [PredictionFailure(error)]
+        log.warning(
+            "a batch of %d images failed (%s: %s); predicting them one by one", len(images), type(error).__name__, error
+        )
+        return [outcome for image in images for outcome in predict_each(predict, [image])]
+    if len(predictions) != len(images):
+        raise RuntimeError(f"the engine returned {len(predictions)} predictions for {len(images)} images")
+    return predictions

@@ -4,10 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from enum import Enum
 
 import numpy as np
 
 from .errors import ClassListError
+
+
+class MaskMode(str, Enum):
+    """How masks are made for an image's tags."""
+
+    # CLIP-ES's CLS-SEG (Grad-CAM + attention affinity), the paper's classify-then-segment, exact to the reference.
+    CLIP_ES = "clip-es"
+    # TagCLIP's DMAR-refined patch maps, upsampled: no gradients, about 1% of the tagging time.
+    COARSE = "coarse"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True)
@@ -61,6 +74,16 @@ class ImagePrediction:
 
     def score_dict(self) -> dict[str, float]:
         return {label: float(s) for label, s in zip(self.labels, self.scores, strict=True)}
+
+
+@dataclass(frozen=True)
+class PredictionFailure:
+    """Why one image of a batch could not be predicted (see `predictor.predict_each`)."""
+
+    error: Exception
+
+    def __str__(self) -> str:
+        return f"{type(self.error).__name__}: {self.error}"
 
 
 def labels_of(specs: Sequence[ClassSpec]) -> tuple[str, ...]:
