@@ -1,3 +1,3 @@
-from backend.app import create_app
+from backend.web.app import create_app
 
 app = create_app()

@@ -1,5 +1,10 @@
-"""Label Studio ML backend for TagCLIP (Flask 3). Never imports torch or tagclip_core.
+"""tagclip-studio's service side, split by what it imports (a test keeps it so):
 
-The model runs behind a queue: `worker.jobs.predict_chunk` is reached by its dotted path, either
-through RQ (REDIS_URL set) or in-process ("embedded" mode, REDIS_URL unset).
+* `backend` itself (this package, minus `backend.web`) is the core every process imports: settings, label
+  config -> plan and model_version (`resolve`), converters, the queue payloads (`contracts`), image fetching,
+  Label Studio auth and client, worker presence, Redis key names (`keys`) and bulk planning, state, ledger
+  and status (`bulk`). It imports neither flask nor torch.
+* `backend.web` is the web process (Flask): routes and the dispatcher. It never imports torch.
+* `worker` (a package of its own) is everything that runs in workers: the engine, the job functions, the
+  bulk chunk runner and its write-back. It never imports flask.
 """

@@ -15,7 +15,8 @@ import json
 import logging
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from label_studio_sdk.label_interface import LabelInterface
 
@@ -46,6 +47,14 @@ class ParsedConfig:
     interface: LabelInterface
     plan: PredictionPlan
     digest: str  # sha256 of the config text
+    # Image object name -> the task data key holding its reference, in config order.
+    images: Mapping[str, str] = field(default_factory=dict)
+    # Every control a converter reads, predicted or not (region controls with masks off included): what
+    # exports and reports read annotations with.
+    controls: tuple[ControlPlan, ...] = ()
+
+    def control(self, name: str) -> ControlPlan | None:
+        return next((c for c in self.controls if c.name == name), None)
 
 
 def parse_label_config(
@@ -71,6 +80,7 @@ def parse_label_config(
             images[obj.name] = value[1:]
 
     controls: list[ControlPlan] = []
+    readable: list[ControlPlan] = []
     skipped: list[str] = []
     converters = converters_with(mask_defaults)
     for control in interface.controls:
@@ -82,13 +92,17 @@ def parse_label_config(
         if reason is not None:
             skipped.append(reason)
             continue
+        read = converter.read_plan(control, images, config_xml, default_threshold)
+        if not isinstance(read, str):
+            readable.append(read)
         planned = converter.plan(control, images, config_xml, default_threshold)
         if isinstance(planned, str):
             skipped.append(planned)
         else:
             controls.append(planned)
     digest = hashlib.sha256(config_xml.encode()).hexdigest()
-    return ParsedConfig(interface, PredictionPlan(tuple(controls), tuple(skipped)), digest)
+    plan = PredictionPlan(tuple(controls), tuple(skipped))
+    return ParsedConfig(interface, plan, digest, images, tuple(readable))
 
 
 class LabelConfigCache:

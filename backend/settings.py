@@ -1,7 +1,7 @@
 """Backend and worker settings, read from the environment once per process (`Settings.from_env()`).
 
-Every variable is listed in `ENV_VARS` with its meaning; the README table is generated from the same
-words. Nothing else in backend/ or worker/ reads the environment.
+Every variable is listed in `ENV_VARS`; docs/configuration.md describes each (a test keeps the two in step).
+Nothing else in backend/ or worker/ reads the environment.
 """
 
 from __future__ import annotations
@@ -10,13 +10,17 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
+from tagclip_core.types import MaskMode
+
 from .errors import SettingsError
 
 # Label Studio's read timeout for /predict (ML_TIMEOUT_PREDICT, 100 s by default). PREDICT_TIMEOUT
 # must stay below it, or Label Studio gives up before we answer and stores nothing.
 LABEL_STUDIO_PREDICT_TIMEOUT = 100.0
-# TAGCLIP_MASK_MODE values: the mask modes of backend.converters.regions.MASK_MODES, or "off".
-MASK_MODE_CHOICES = ("coarse", "clip-es", "off")
+# The TAGCLIP_MASK_MODE (and extra_params.mask_mode) value that switches region controls off.
+MASKS_OFF = "off"
+# TAGCLIP_MASK_MODE values: a mask mode, or off.
+MASK_MODE_CHOICES = (*(m.value for m in MaskMode), MASKS_OFF)
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,7 @@ class Settings:
     job_timeout: int = 300
     # How many times a failed or abandoned job (worker killed) is re-run.
     job_retries: int = 2
-    # Seconds /predict waits for its jobs; tasks not done by then are left unpredicted (see README).
+    # Seconds /predict waits for its jobs; tasks not done by then are left unpredicted (docs/label-studio.md).
     predict_timeout: float = 80.0
     # Seconds between a worker's heartbeats; a worker silent for 3 beats counts as dead and its job
     # is re-queued.

@@ -19,76 +19,33 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-# Joins a taxonomy path into one label (as the backend's Taxonomy converter keys its classes).
-PATH_SEPARATOR = " > "
+from backend.converters import ControlPlan
+from backend.converters.taxonomy import PATH_SEPARATOR
+from backend.labelconfig import ParsedConfig, parse_label_config
+from tagclip_core.geometry import rle_encode
+
+log = logging.getLogger(__name__)
+
+WHOLE_IMAGE_TAGS = ("Choices", "Taxonomy")
 WHOLE_IMAGE = ("choices", "taxonomy")
 REGION_TYPES = ("brushlabels", "rectanglelabels", "polygonlabels")
 _PERCENT = 100.0
 
 
-@dataclass(frozen=True)
-class ControlInfo:
-    name: str
-    tag: str  # "Choices", "Taxonomy", "BrushLabels", ...
-    to_name: str
-    labels: tuple[str, ...]
-    single: bool = False  # one label at most (Choices without choice="multiple", Taxonomy with maxUsages="1")
+def read_config(label_config: str) -> ParsedConfig:
+    """A label config read as the backend reads it (backend.labelconfig): `.controls` are every control the
+    converters read (predicted or not), `.images` maps each Image object to its task data key."""
+    return parse_label_config(label_config)
 
 
-@dataclass(frozen=True)
-class ConfigInfo:
-    """What the export needs from a label config: controls and where each Image's reference lives."""
-
-    controls: tuple[ControlInfo, ...]
-    images: Mapping[str, str]  # Image object name -> task data key
-
-    @property
-    def whole_image(self) -> tuple[ControlInfo, ...]:
-        return tuple(c for c in self.controls if c.tag.lower() in WHOLE_IMAGE)
-
-
-def read_config(label_config: str) -> ConfigInfo:
-    from label_studio_sdk.label_interface import LabelInterface
-
-    interface = LabelInterface(label_config)
-    images = {o.name: str(o.value)[1:] for o in interface.objects if str(o.value or "").startswith("$")}
-    controls = []
-    for control in interface.controls:
-        to_name = control.to_name[0] if control.to_name else ""
-        labels = tuple(_taxonomy_labels(label_config, control.name) if control.tag == "Taxonomy" else control.labels)
-        controls.append(ControlInfo(control.name, control.tag, to_name, labels, _single(control)))
-    return ConfigInfo(tuple(controls), images)
-
-
-def _single(control: Any) -> bool:
-    if control.tag == "Taxonomy":
-        return str(control.attr.get("maxUsages", "")).strip() == "1"
-    return control.tag == "Choices" and str(control.attr.get("choice", "single")).lower() != "multiple"
-
-
-def _taxonomy_labels(label_config: str, name: str) -> list[str]:
-    import xml.etree.ElementTree as ET
-
-    root = ET.fromstring(label_config)
-    node = next((el for el in root.iter("Taxonomy") if el.get("name") == name), None)
-    out: list[str] = []
-
-    def walk(element: ET.Element, prefix: tuple[str, ...]) -> None:
-        for child in element:
-            if child.tag == "Choice" and (child.get("alias") or child.get("value")):
-                path = (*prefix, child.get("alias") or child.get("value") or "")
-                out.append(PATH_SEPARATOR.join(path))
-                walk(child, path)
-
-    if node is not None:
-        walk(node, ())
-    return out
+def whole_image_controls(config: ParsedConfig) -> tuple[ControlPlan, ...]:
+    return tuple(c for c in config.controls if c.tag in WHOLE_IMAGE_TAGS)
 
 
 # --- annotations ---
@@ -109,7 +66,7 @@ def region_labels(region: Mapping[str, Any]) -> list[str]:
     return [str(x) for x in value.get(kind) or []]
 
 
-def tags_of(result: Iterable[Mapping[str, Any]], controls: Sequence[ControlInfo]) -> dict[str, list[str]]:
+def tags_of(result: Iterable[Mapping[str, Any]], controls: Sequence[ControlPlan]) -> dict[str, list[str]]:
     """Whole-image labels per control from a result list (controls without any get an empty list)."""
     tags: dict[str, list[str]] = {c.name: [] for c in controls}
     for region in result:
@@ -130,13 +87,8 @@ def brush_mask(region: Mapping[str, Any]) -> np.ndarray:
 
 
 def coco_rle(mask: np.ndarray) -> dict[str, Any]:
-    """COCO uncompressed RLE of a bool [H, W] mask: column-major run lengths, the first run of zeros."""
-    flat = np.asarray(mask, dtype=bool).flatten(order="F")
-    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    counts = np.diff(np.concatenate(([0], changes, [flat.size]))).tolist()
-    if flat.size and flat[0]:
-        counts = [0, *counts]
-    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": [int(c) for c in counts]}
+    """COCO uncompressed RLE of a bool [H, W] mask (the neutral run-length form of tagclip_core.geometry)."""
+    return rle_encode(mask)
 
 
 def mask_bbox(mask: np.ndarray) -> list[int]:
@@ -147,7 +99,7 @@ def mask_bbox(mask: np.ndarray) -> list[int]:
 
 
 # --- records ---
-def task_record(task: Mapping[str, Any], config: ConfigInfo) -> dict[str, Any] | None:
+def task_record(task: Mapping[str, Any], config: ParsedConfig) -> dict[str, Any] | None:
     """The dataset record of one task, or None when it has no submitted annotation."""
     annotation = latest_annotation(task)
     if annotation is None:
@@ -159,7 +111,7 @@ def task_record(task: Mapping[str, Any], config: ConfigInfo) -> dict[str, Any] |
         "task": task.get("id"),
         "image": next(iter(images.values()), None),
         "images": images,
-        "tags": tags_of(result, config.whole_image),
+        "tags": tags_of(result, whole_image_controls(config)),
         "masks": [],
         "boxes": [],
         "polygons": [],
@@ -205,15 +157,15 @@ def _user(value: Any) -> Any:
     return value
 
 
-def records(tasks: Iterable[Mapping[str, Any]], config: ConfigInfo) -> list[dict[str, Any]]:
+def records(tasks: Iterable[Mapping[str, Any]], config: ParsedConfig) -> list[dict[str, Any]]:
     out = [task_record(t, config) for t in tasks if isinstance(t, Mapping)]
     return sorted((r for r in out if r is not None), key=lambda r: r["task"] or 0)
 
 
 # --- formats ---
-def to_csv(rows: Sequence[Mapping[str, Any]], config: ConfigInfo) -> str:
+def to_csv(rows: Sequence[Mapping[str, Any]], config: ParsedConfig) -> str:
     """One row per task: image, one column per whole-image control (labels joined by "; "), region counts."""
-    controls = [c.name for c in config.whole_image]
+    controls = [c.name for c in whole_image_controls(config)]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["task", "image", *controls, "masks", "boxes", "polygons", "annotation_id", "completed_by"])
@@ -225,7 +177,7 @@ def to_csv(rows: Sequence[Mapping[str, Any]], config: ConfigInfo) -> str:
     return buffer.getvalue()
 
 
-def to_coco(rows: Sequence[Mapping[str, Any]], config: ConfigInfo) -> dict[str, Any]:
+def to_coco(rows: Sequence[Mapping[str, Any]], config: ParsedConfig) -> dict[str, Any]:
     categories: list[dict[str, Any]] = []
     category_ids: dict[tuple[str, str], int] = {}
     for control in config.controls:
@@ -237,7 +189,9 @@ def to_coco(rows: Sequence[Mapping[str, Any]], config: ConfigInfo) -> dict[str, 
         image_id = row["task"]
         images.append({"id": image_id, "file_name": row["image"], "width": row["width"], "height": row["height"]})
         for control, labels in row["tags"].items():
-            image_labels += [{"image_id": image_id, "category_id": category_ids[(control, x)]} for x in labels]
+            # A label no longer in the config (removed since it was annotated) has no category: it is skipped.
+            known = [category_ids[(control, x)] for x in labels if (control, x) in category_ids]
+            image_labels += [{"image_id": image_id, "category_id": category} for category in known]
         for kind in ("masks", "boxes", "polygons"):
             for region in row[kind]:
                 category = category_ids.get((region["control"], region["label"]))

@@ -23,6 +23,18 @@ from .errors import UsageError
 
 # Exit status for bad usage (argparse's own).
 USAGE_EXIT = 2
+# Top-level modules of the optional extras (pyproject.toml), so a command that needs a missing one says which
+# extra to install instead of dying with ModuleNotFoundError.
+EXTRA_OF_MODULE = {
+    "flask": "server",
+    "gunicorn": "server",
+    "redis": "server",
+    "rq": "server",
+    "label_studio_sdk": "server",
+    "prometheus_client": "server",
+    "requests": "server",
+    "urllib3": "server",
+}
 
 
 @dataclass(frozen=True)
@@ -68,12 +80,22 @@ def main(argv: Sequence[str] | None = None, commands: Sequence[Command] = COMMAN
     arguments = list(sys.argv[1:] if argv is None else argv)
     chosen, rest = build_parser(commands).parse_known_args(arguments)
     command = next(c for c in commands if c.name == chosen.command)
-    module = importlib.import_module(command.module)
-    args = command_parser(command, module).parse_intermixed_args(rest)
     try:
+        module = importlib.import_module(command.module)
+        args = command_parser(command, module).parse_intermixed_args(rest)
         return module.run(args)
     except UsageError as error:
         print(f"tagclip {command.name}: error: {error}", file=sys.stderr)
+        return USAGE_EXIT
+    except ModuleNotFoundError as error:
+        extra = EXTRA_OF_MODULE.get((error.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(
+            f"tagclip {command.name}: error: this command needs the '{extra}' extra ({error.name} is not installed): "
+            f"pip install 'tagclip-studio[{extra}]'",
+            file=sys.stderr,
+        )
         return USAGE_EXIT
 
 

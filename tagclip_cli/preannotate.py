@@ -22,6 +22,8 @@ import sys
 import time
 from typing import Any
 
+from backend.contracts.bulk import WRITE_METHODS
+
 from .errors import UsageError
 from .studio import add_connection_arguments, studio_client
 
@@ -32,8 +34,6 @@ FAILED_SHOWN = 20
 EXIT_FAILED_TASKS = 1
 EXIT_CANCELLED = 3
 EXIT_INTERRUPTED = 130
-# States in which a job runs no more chunks.
-FINAL_STATES = ("done", "interrupted", "cancelled")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunk-size", type=_positive, help="tasks per job chunk (default 64)")
     parser.add_argument(
         "--write",
-        choices=("auto", "import", "single"),
+        choices=WRITE_METHODS,
         default="auto",
         help="write back with the bulk import, one POST per task, or per chunk the cheaper so far (default auto)",
     )
@@ -124,7 +124,7 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: the enqueued chunks keep running on the workers; rerun the same command to resume")
         return EXIT_INTERRUPTED
-    if status["state"] == "cancelled" or args.cancel:
+    if status["state"] == "cancelled" or args.cancel:  # BulkState.CANCELLED
         _report(status, args.json)
         return 0 if args.cancel else EXIT_CANCELLED
     if not args.no_verify:
@@ -194,11 +194,16 @@ def _cancel(planner: Any, queue: Any, request: Any, job: str | None) -> str:
 
 
 def follow(planner: Any, queue: Any, job: str, quiet: bool = False) -> dict[str, Any]:
-    """Poll the job's status with a progress bar until it is done; returns the last status."""
+    """Poll the job's status with a progress bar until it has ended; returns the last status. Each poll runs
+    the job's maintenance pass first (re-queue chunks of killed workers, settle ended chunks), so a job
+    followed here progresses even while every worker is busy."""
     from tqdm import tqdm
 
+    from backend.bulk.maintenance import maintain_job
+    from backend.bulk.state import BulkState
     from backend.bulk.status import job_status
 
+    maintain_job(planner.store, queue, job)
     status = job_status(planner.store, queue, job)
     with tqdm(total=status["total"], desc="pre-annotating", unit=" tasks", disable=quiet, file=sys.stderr) as bar:
         while True:
@@ -210,9 +215,10 @@ def follow(planner: Any, queue: Any, job: str, quiet: bool = False) -> dict[str,
                 rate=f"{status['tasks_per_s']:.1f}/s",
                 eta="-" if eta is None else f"{eta:.0f}s",
             )
-            if status["state"] in FINAL_STATES:
+            if BulkState(status["state"]).ended:
                 return status
             time.sleep(POLL_SECONDS)
+            maintain_job(planner.store, queue, job)
             status = job_status(planner.store, queue, job)
 
 

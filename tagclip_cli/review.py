@@ -27,9 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from backend.converters import LABEL_SCORES_KEY
+from backend.converters import LABEL_SCORES_KEY, ControlPlan
+from backend.labelconfig import ParsedConfig
+from tagclip_core.metrics import average_precision
 
-from .dataset import ConfigInfo, ControlInfo, latest_annotation, tags_of
+from .dataset import latest_annotation, tags_of, whole_image_controls
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,7 @@ def most_common_version(tasks: Sequence[Mapping[str, Any]]) -> tuple[str | None,
     return (counts.most_common(1)[0][0] if counts else None), dict(counts)
 
 
-def pair_of(task: Mapping[str, Any], prediction: Mapping[str, Any], controls: Sequence[ControlInfo]) -> Pair:
+def pair_of(task: Mapping[str, Any], prediction: Mapping[str, Any], controls: Sequence[ControlPlan]) -> Pair:
     annotation = latest_annotation(task) or {}
     regions = [r for r in prediction.get("result") or [] if isinstance(r, Mapping)]
     suggested = tags_of(regions, controls)
@@ -136,15 +138,11 @@ def f1_score(tp: int, fp: int, fn: int) -> float | None:
     return ratio(2 * tp, 2 * tp + fp + fn)
 
 
-def average_precision(scores: np.ndarray, truth: np.ndarray) -> float | None:
-    """AP of one label: scores, truth [N]; None without positives (tagclip_core.metrics' definition)."""
-    positives = int(truth.sum())
-    if positives == 0:
+def label_ap(scores: np.ndarray, truth: np.ndarray) -> float | None:
+    """AP of one label (tagclip_core.metrics.average_precision): scores, truth [N]; None without positives."""
+    if not truth.any():
         return None
-    order = np.argsort(-scores, kind="stable")
-    hits = truth[order].astype(np.float64)
-    precision_at_rank = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-    return float((precision_at_rank * hits).sum() / positives)
+    return float(average_precision(scores[:, None], truth[:, None])[0])
 
 
 def best_threshold(scores: np.ndarray, hits: np.ndarray, positives: int) -> tuple[float | None, float | None]:
@@ -168,7 +166,7 @@ def best_threshold(scores: np.ndarray, hits: np.ndarray, positives: int) -> tupl
     return float(candidates[best]), float(f1[best])
 
 
-def control_report(control: ControlInfo, pairs: Sequence[Pair]) -> ControlReport:
+def control_report(control: ControlPlan, pairs: Sequence[Pair]) -> ControlReport:
     single = control.single
     labels = list(control.labels)
     n = len(pairs)
@@ -226,7 +224,7 @@ def _label_metrics(
         precision=precision,
         recall=recall,
         f1=f1_score(tp, fp, fn),
-        ap=average_precision(scores[:, j], y),
+        ap=label_ap(scores[:, j], y),
         threshold=threshold,
         threshold_f1=threshold_f1,
     )
@@ -245,13 +243,13 @@ def _control_threshold(truth: np.ndarray, scores: np.ndarray, single: bool) -> t
 
 def build_report(
     tasks: Sequence[Mapping[str, Any]],
-    config: ConfigInfo,
+    config: ParsedConfig,
     model_version: str | None = None,
 ) -> Report:
     """The report over an export snapshot's tasks (with full predictions)."""
     chosen, seen = most_common_version(tasks)
     version = model_version or chosen
-    controls = config.whole_image
+    controls = whole_image_controls(config)
     reviewed = [t for t in tasks if latest_annotation(t) is not None]
     pairs = []
     for task in reviewed:

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
                 self.cfg.set(key, value)
 
         def load(self):
-            from backend.app import create_app
+            from backend.web.app import create_app
 
             logging.basicConfig(
                 level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

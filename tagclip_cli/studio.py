@@ -24,8 +24,8 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
 def studio_client(args: argparse.Namespace, settings: Any = None):
     """A Label Studio client from --url/--api-key, else LABEL_STUDIO_URL/LABEL_STUDIO_API_KEY (of `settings`,
     default: the environment's)."""
-    from backend.fetch import Source
-    from backend.lsapi import LabelStudioClient
+    from backend.labelstudio.auth import Source
+    from backend.labelstudio.client import LabelStudioClient
     from backend.settings import Settings
 
     settings = settings or Settings.from_env()

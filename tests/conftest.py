@@ -55,7 +55,7 @@ def tiny_runtime(tiny_settings):
 @pytest.fixture(scope="module")
 def tiny_client(tiny_settings):
     """A Flask test client of the backend in embedded mode (the engine in-process) on the tiny checkpoint."""
-    from backend.app import create_app
+    from backend.web.app import create_app
 
     app = create_app(tiny_settings)
     yield app.test_client()

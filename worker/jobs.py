@@ -1,5 +1,5 @@
-"""RQ job functions. Small steps: check the payload, fetch and decode images, predict, masks when a control
-asks for them, serialize.
+"""The /predict job function, and the prediction steps the bulk chunks share. Small steps: check the payload,
+fetch and decode images, predict, masks when a control asks for them, serialize.
 
 A job raises when it cannot do its work at all (bad payload, other weights, engine failure), so RQ
 records the failure and retries it. A task whose image cannot be fetched or decoded, or that the engine
@@ -21,13 +21,15 @@ from typing import Any
 from PIL import Image
 from rq import get_current_job
 
+from backend.contracts.predict import SCHEMA, ChunkSpec, ControlSpec, TaskRef, parse_payload
+from backend.converters import ControlOutput
+from backend.converters.base import choose_labels
 from backend.errors import ImageFetchError, ModelMismatchError
 from backend.fetch import redact
-from backend.jobspec import SCHEMA, ChunkSpec, ControlSpec, TaskRef, parse_payload
-from tagclip_core import ClassSpec, ImagePrediction, TagCLIPError
-from tagclip_core.errors import ImageLoadError
+from tagclip_core.errors import ImageLoadError, TagCLIPError
 from tagclip_core.images import load_image
 from tagclip_core.masks import coarse_masks
+from tagclip_core.types import ClassSpec, ImagePrediction, MaskMode, PredictionFailure
 
 from .runtime import Runtime, current_runtime
 
@@ -38,7 +40,7 @@ SCORE_DIGITS = 6
 
 
 def predict_chunk(payload: dict[str, Any]) -> dict[str, Any]:
-    """Predict every control of a chunk of tasks; returns plain JSON (see backend.jobspec)."""
+    """Predict every control of a chunk of tasks; returns plain JSON (see backend.contracts.predict)."""
     runtime = current_runtime()
     started = time.monotonic()
     spec = parse_payload(payload)
@@ -47,6 +49,18 @@ def predict_chunk(payload: dict[str, Any]) -> dict[str, Any]:
             f"the backend expects model {spec.model_key!r}, worker {runtime.name} runs {runtime.model_key!r}: "
             "give the backend and the workers the same TAGCLIP_* settings and weights"
         )
+    return {
+        "schema": SCHEMA,
+        "model_id": runtime.engine.model_id,
+        "worker": runtime.name,
+        "seconds": round(time.monotonic() - started, 4),
+        "tasks": predict_tasks(spec, runtime),
+    }
+
+
+def predict_tasks(spec: ChunkSpec, runtime: Runtime) -> list[dict[str, Any]]:
+    """Every task's output, in task order: `{"index", "outputs": {control: ...}}`, or `{"index", "error",
+    "kind"}` for a task whose image could not be fetched, decoded or predicted (the others go on)."""
     images, errors = fetch_images(spec, runtime)
     outputs = predict_controls(spec, images, errors, runtime)
     tasks = []
@@ -55,13 +69,7 @@ def predict_chunk(payload: dict[str, Any]) -> dict[str, Any]:
             tasks.append({"index": task.index, "error": errors[task.index][1], "kind": errors[task.index][0]})
         else:
             tasks.append({"index": task.index, "outputs": outputs.get(task.index, {})})
-    return {
-        "schema": SCHEMA,
-        "model_id": runtime.engine.model_id,
-        "worker": runtime.name,
-        "seconds": round(time.monotonic() - started, 4),
-        "tasks": tasks,
-    }
+    return tasks
 
 
 def fetch_images(
@@ -106,7 +114,7 @@ def predict_controls(
     one image are isolated to its task (recorded in `errors`)."""
     outputs: dict[int, dict[str, dict[str, Any]]] = {}
     job = get_current_job()
-    predicted: dict[tuple, dict[int, ImagePrediction | str]] = {}
+    predicted: dict[tuple, dict[int, ImagePrediction | PredictionFailure]] = {}
     masks_done: dict[tuple, dict[str, Any]] = {}
     for done, control in enumerate(spec.controls):
         indices = [t.index for t in spec.tasks if t.index in images and t.index not in errors]
@@ -119,11 +127,11 @@ def predict_controls(
             batch = [images[i][control.data_key] for i in todo]
             with runtime.engine_lock:
                 runtime.engine.set_classes(_class_specs(control), background=spec.background)
-                known.update(zip(todo, _predict_isolating(runtime, batch), strict=True))
+                known.update(zip(todo, runtime.engine.predict_each(batch), strict=True))
         for index in indices:
             prediction = known[index]
-            if isinstance(prediction, str):
-                errors[index] = ("engine", prediction)
+            if isinstance(prediction, PredictionFailure):
+                errors[index] = ("engine", str(prediction))
                 continue
             output = serialize(prediction)
             if control.masks is not None:
@@ -145,15 +153,10 @@ def predict_controls(
 
 
 def mask_labels(prediction: ImagePrediction, threshold: float | None) -> tuple[str, ...]:
-    """The labels the backend keeps for a region control (backend.converters.base.select_labels, multiple):
-    TagCLIP's tags, or every label whose serialized score reaches the absolute threshold."""
-    if threshold is None:
-        return tuple(prediction.tags)
-    return tuple(
-        label
-        for label, score in zip(prediction.labels, prediction.scores, strict=True)
-        if round(float(score), SCORE_DIGITS) >= threshold
-    )
+    """The labels the backend will keep for a region control (the converters' `choose_labels` on the scores as
+    serialized), so masks are made for exactly those: TagCLIP's tags, or the labels at the absolute threshold."""
+    output = ControlOutput.from_json(serialize(prediction))
+    return tuple(label for label, _ in choose_labels(output, output.labels, single=False, threshold=threshold))
 
 
 def control_masks(
@@ -163,30 +166,19 @@ def control_masks(
     assert control.masks is not None
     spec = control.masks
     labels = mask_labels(prediction, spec.threshold)
-    if spec.mode == "coarse":
-        config = runtime.mask_settings("coarse", background, spec.min_region_area)
+    if spec.mode is MaskMode.COARSE:
+        config = runtime.mask_settings(MaskMode.COARSE, background, spec.min_region_area)
         result = coarse_masks(prediction, labels, config, image if config.crf else None)
     else:
         prompts = dict(zip(control.labels, control.prompts, strict=True))
         specs = [ClassSpec(label, prompts[label]) for label in labels]
         with runtime.engine_lock:
-            result = runtime.segmenter(background, spec.min_region_area).segment(image, specs, mode="clip-es")
+            result = runtime.segmenter(background, spec.min_region_area).segment(image, specs, mode=MaskMode.CLIP_ES)
     return result.to_json()
 
 
 def _class_specs(control: ControlSpec) -> list[ClassSpec]:
     return [ClassSpec(label, prompts) for label, prompts in zip(control.labels, control.prompts, strict=True)]
-
-
-def _predict_isolating(runtime: Runtime, batch: list[Image.Image]) -> list[ImagePrediction | str]:
-    """Predict a batch; if it fails, predict image by image so one bad image costs only its task."""
-    try:
-        return list(runtime.engine.predict(batch))
-    except (TagCLIPError, ValueError, RuntimeError) as e:
-        if len(batch) == 1:
-            return [f"{type(e).__name__}: {e}"]
-        log.warning("batch of %d failed (%s); retrying image by image", len(batch), e)
-    return [item for image in batch for item in _predict_isolating(runtime, [image])]
 
 
 def serialize(prediction: ImagePrediction) -> dict[str, Any]:

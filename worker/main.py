@@ -29,8 +29,10 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from backend import presence
-from backend.bulk.state import bulk_queue_name
+from backend.bulk.maintenance import maintain_live_jobs
+from backend.bulk.state import BulkStore
 from backend.errors import SettingsError
+from backend.keys import RedisKeys
 from backend.settings import Settings
 
 from .runtime import Runtime
@@ -53,12 +55,14 @@ class TagclipWorker(SimpleWorker):
         queues: list[Queue],
         *,
         runtime: Runtime,
+        keys: RedisKeys,
         heartbeat_interval: float,
         presence_connection: Redis,
         **kwargs: Any,
     ) -> None:
         super().__init__(queues, **kwargs)
         self.runtime = runtime
+        self.keys = keys
         self.heartbeat_interval = heartbeat_interval
         self.stop_requested = False
         self._presence = presence_connection
@@ -80,6 +84,15 @@ class TagclipWorker(SimpleWorker):
             with self._current_lock:
                 self._current = None
 
+    def run_maintenance_tasks(self) -> None:
+        """RQ's maintenance (registry cleanup), then the bulk jobs' (backend.bulk.maintenance)."""
+        super().run_maintenance_tasks()
+        bulk_queue = next(q for q in self.queues if q.name == self.keys.bulk_queue)
+        try:
+            maintain_live_jobs(BulkStore(self.connection, self.keys), bulk_queue)
+        except RedisError as e:
+            log.debug("bulk maintenance skipped: %s", e)
+
     def request_stop(self, signum: int, frame: Any) -> None:
         self.stop_requested = True
         super().request_stop(signum, frame)
@@ -93,14 +106,13 @@ class TagclipWorker(SimpleWorker):
             self._beats_stop.set()
             beats.join(timeout=2)
             with contextlib.suppress(RedisError):
-                presence.leave(self._presence, self.queues[0].name, self.name)
+                presence.leave(self._presence, self.keys, self.name)
 
     def _beat_loop(self) -> None:
-        queue_name = self.queues[0].name
         info = {**self.runtime.info, "pid": os.getpid(), "host": socket.gethostname()}
         while not self._beats_stop.is_set():
             try:
-                presence.beat(self._presence, queue_name, self.name, info, self.heartbeat_interval)
+                presence.beat(self._presence, self.keys, self.name, info, self.heartbeat_interval)
                 with self._current_lock:
                     if self._current is not None:
                         self.maintain_heartbeats(*self._current)
@@ -139,14 +151,16 @@ def run_worker(settings: Settings, name: str | None = None, burst: bool = False)
                 delay = min(RECONNECT_DELAY_MAX, delay * 2)
                 continue
             delay = 0.5
-            queue = Queue(settings.queue_name, connection=connection, serializer=JSONSerializer)
+            keys = RedisKeys(settings.queue_name)
+            queue = Queue(keys.predict_queue, connection=connection, serializer=JSONSerializer)
             # Bulk pre-annotation chunks wait behind interactive /predict jobs (RQ takes queues in order).
-            bulk = Queue(bulk_queue_name(settings.queue_name), connection=connection, serializer=JSONSerializer)
+            bulk = Queue(keys.bulk_queue, connection=connection, serializer=JSONSerializer)
             worker = TagclipWorker(
                 [queue, bulk],
                 connection=connection,
                 serializer=JSONSerializer,
                 runtime=runtime,
+                keys=keys,
                 heartbeat_interval=settings.worker_heartbeat,
                 presence_connection=beats_connection,
                 name=base_name if incarnation == 0 else f"{base_name}-{incarnation}",

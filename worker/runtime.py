@@ -15,19 +15,18 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
-from functools import cached_property
 from typing import Any
 
-from backend.bulk.version import versions_predictor
-from backend.fetch import FetchLimits, ImageFetcher, LabelStudioAuth, make_session
-from backend.identity import model_key
-from backend.predict import Predictor
+from backend.fetch import FetchLimits, ImageFetcher, make_session
+from backend.labelstudio.auth import LabelStudioAuth
+from backend.resolve import Resolver
 from backend.settings import Settings
-from tagclip_core import EngineConfig, ModelSpec, TagCLIP
-from tagclip_core.config import MaskConfig
+from tagclip_core.config import EngineConfig, MaskConfig, ModelSpec
 from tagclip_core.images import ImageLimits
 from tagclip_core.masks import Segmenter
 from tagclip_core.model import resolve_cache_dir, resolve_device
+from tagclip_core.predictor import TagCLIP
+from tagclip_core.types import MaskMode
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +47,9 @@ class Runtime:
         self.mask_config = mask_config or MaskConfig()
         self._segmenters: dict[tuple[str, int], Segmenter] = {}
         self.name = name
-        self.model_key = model_key(settings)
+        # Resolves bulk chunks' label configs and versions as /setup does; its caches live across chunks.
+        self.resolver = Resolver(settings)
+        self.model_key = self.resolver.model_key
         session = make_session(settings.download_threads)
         self.fetcher = ImageFetcher(
             session, LabelStudioAuth(session), FetchLimits(settings.max_download_bytes, settings.download_timeout)
@@ -57,12 +58,6 @@ class Runtime:
         self.downloads = ThreadPoolExecutor(settings.download_threads, thread_name_prefix="tagclip-download")
         # set_classes + predict is one critical section: embedded mode runs jobs on several threads.
         self.engine_lock = threading.Lock()
-
-    @cached_property
-    def versions(self) -> Predictor:
-        """Computes bulk chunks' model_versions as /setup does; built on the first chunk, then its label-config
-        cache lives across chunks."""
-        return versions_predictor(self.settings)
 
     @classmethod
     def load(cls, settings: Settings, name: str = "embedded") -> Runtime:
@@ -80,7 +75,7 @@ class Runtime:
         log.info("engine %s loaded on %s in %.1f s", engine.model_id, settings.device, time.monotonic() - started)
         return cls(settings, engine, name)
 
-    def mask_settings(self, mode: str, background: str, min_region_area: int) -> MaskConfig:
+    def mask_settings(self, mode: MaskMode, background: str, min_region_area: int) -> MaskConfig:
         """The mask config for one control of a job (background: a set name or a comma list of words)."""
         return dataclasses.replace(self.mask_config, mode=mode, background=background, min_region_area=min_region_area)
 
@@ -93,7 +88,7 @@ class Runtime:
                 self._segmenters.pop(next(iter(self._segmenters)))
             self._segmenters[key] = Segmenter(
                 self.engine.clip,
-                self.mask_settings("clip-es", background, min_region_area),
+                self.mask_settings(MaskMode.CLIP_ES, background, min_region_area),
                 self.engine.config.preprocess,
                 text_cache_dir=resolve_cache_dir(ModelSpec(cache_dir=self.settings.cache_dir)),
             )
@@ -134,5 +129,5 @@ def current_runtime() -> Runtime:
 
 
 def load_runtime(settings: Settings) -> Runtime:
-    """Embedded mode's loader, reached by dotted path from backend.queue."""
+    """Embedded mode's loader, reached by dotted path from backend.web.dispatch."""
     return Runtime.load(settings, name="embedded")

@@ -1,6 +1,6 @@
-"""Write a chunk's predictions to Label Studio under the ledger's claims (see ledger.py).
+"""Write a bulk chunk's predictions to Label Studio under the ledger's claims (see backend.bulk.ledger).
 
-Two methods (a job names one, or "auto": per chunk the cheaper so far, see method.py):
+Two methods (a job names one, or "auto": per chunk the cheaper so far, see backend.bulk.method):
 * "import": one `POST /api/projects/<id>/import/predictions` for the chunk (Label Studio 1.23 stores them
   with one bulk insert); a 4xx answer (e.g. a task deleted meanwhile) falls back to one POST per task, so
   only the bad task fails;
@@ -17,11 +17,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import LabelStudioAPIError
-from ..lsapi import LabelStudioClient
-from .ledger import Ledger
-from .method import WriteCosts
-from .payload import WRITE_IMPORT
+from backend.bulk.ledger import Ledger
+from backend.bulk.method import WriteCosts
+from backend.contracts.bulk import WriteMethod
+from backend.errors import LabelStudioAPIError
+from backend.labelstudio.client import LabelStudioClient
 
 NOT_STORED = "Label Studio did not store the prediction (rejected by its validation; see its log)"
 
@@ -62,7 +62,7 @@ class PredictionWriter:
         self.model_version = model_version
         self.method = method
         self.owner = owner
-        self.costs = costs or WriteCosts(ledger.redis, ledger.queue_name, project)
+        self.costs = costs or WriteCosts(ledger.redis, ledger.keys, project)
 
     def write(self, items: Mapping[int, Mapping[str, Any]]) -> WriteOutcome:
         """Write `items` (task id -> prediction body) exactly once each."""
@@ -86,7 +86,7 @@ class PredictionWriter:
         self, method: str, part: list[int], items: Mapping[int, Mapping[str, Any]], outcome: WriteOutcome
     ) -> None:
         written, seconds = len(outcome.written), outcome.store_seconds
-        if method == WRITE_IMPORT:
+        if method == WriteMethod.IMPORT:
             self._import(part, items, outcome)
         else:
             self._single(part, items, outcome)

@@ -22,9 +22,10 @@ from rq import Queue
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
-from .state import BulkStore
+from .state import BulkState, BulkStore, ChunkEnd
+from .status import current_state
 
-_WAITING = {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED, JobStatus.CREATED}
+_WAITING = {JobStatus.QUEUED.value, JobStatus.SCHEDULED.value, JobStatus.DEFERRED.value, JobStatus.CREATED.value}
 
 
 @dataclass(frozen=True)
@@ -38,31 +39,35 @@ class CancelOutcome:
 def cancel_job(store: BulkStore, queue: Queue, job: str) -> CancelOutcome:
     """Cancel bulk job `job` (raises BulkJobNotFoundError for an unknown id); cancelling twice is harmless,
     and a job that has ended is left as it is."""
-    info = store.info(job)
-    if info.get("listed") == "1" and not store.live_chunks(job) and store.cancelled_at(job) is None:
+    if current_state(store, queue, job) is BulkState.DONE:
         return CancelOutcome(job, 0, 0, already_finished=True)
+    info = store.info(job)
     store.mark_cancelled(job)
     store.release_active(int(info["project"]), info["model_version"], job)
+    chunks = list(store.live_chunks(job))
+    with store.redis.pipeline() as pipe:
+        for rq_id in chunks:
+            pipe.hget(Job.key_for(rq_id), "status")
+        statuses = pipe.execute() if chunks else []
     dropped = running = 0
-    for rq_id in store.live_chunks(job):
-        if _drop_if_waiting(queue, rq_id):
-            # A status read may settle it first (it sees the RQ job cancelled); it is counted once either way.
-            store.settle_chunk(job, rq_id, "cancelled")
+    for rq_id, raw in zip(chunks, statuses, strict=True):
+        status = raw.decode() if isinstance(raw, bytes) else raw
+        if status in _WAITING and _drop(queue, rq_id):
+            # A maintenance pass may settle it first (it sees the RQ job cancelled); it is counted once either way.
+            store.settle_chunk(job, rq_id, ChunkEnd.CANCELLED)
             dropped += 1
-        else:
+        elif status == JobStatus.STARTED.value:
             running += 1
     return CancelOutcome(job, dropped, running)
 
 
-def _drop_if_waiting(queue: Queue, rq_id: str) -> bool:
-    """Cancel the RQ job of a chunk that no worker has started; False when it runs (or already ended)."""
+def _drop(queue: Queue, rq_id: str) -> bool:
+    """Cancel the RQ job of a chunk that no worker has started; False when it is gone from Redis (a maintenance
+    pass settles it). A worker may take it meanwhile: it then sees the job's cancel mark and skips the chunk."""
     try:
-        chunk = Job.fetch(rq_id, connection=queue.connection, serializer=queue.serializer)
+        job = Job.fetch(rq_id, connection=queue.connection, serializer=queue.serializer)
     except NoSuchJobError:
-        return False  # gone from Redis: the status settles it
-    if chunk.get_status(refresh=False) not in _WAITING:
         return False
-    # A worker may take it between the two calls: it then sees the job's mark and skips the chunk.
     with contextlib.suppress(InvalidJobOperation):
-        chunk.cancel()
+        job.cancel()
     return True

@@ -1,7 +1,7 @@
 """Exactly one prediction per (project, model_version, task): write claims in Redis, checked against Label
 Studio before every write.
 
-    tagclip:<queue>:bulk:ledger:<project>:<version>   hash: task -> "d" (has its prediction)
+    RedisKeys.ledger(project, version)   hash: task -> "d" (has its prediction)
                                                             | "w|<lease expiry>|<owner>" (being written)
 
 A worker claims the tasks of a chunk atomically just before writing (owner = worker name and pid), asks
@@ -22,6 +22,7 @@ from redis import Redis
 from redis.client import Pipeline
 
 from .. import presence
+from ..keys import RedisKeys
 
 DONE = "d"
 # Seconds a write claim holds against live owners (a chunk's write takes well under this).
@@ -99,10 +100,10 @@ def owner_name(worker: str, pid: int) -> str:
 class Ledger:
     """The write ledger of one (project, model_version) on one queue."""
 
-    def __init__(self, redis: Redis, queue_name: str, project: int, model_version: str) -> None:
+    def __init__(self, redis: Redis, keys: RedisKeys, project: int, model_version: str) -> None:
         self.redis = redis
-        self.queue_name = queue_name
-        self.key = f"tagclip:{queue_name}:bulk:ledger:{project}:{model_version}"
+        self.keys = keys
+        self.key = keys.ledger(project, model_version)
         self._claim = redis.register_script(_CLAIM)
         self._release = redis.register_script(_RELEASE)
         self._forget = redis.register_script(_FORGET_DONE)
@@ -171,6 +172,6 @@ class Ledger:
         holders.discard(me)
         if not holders:
             return []
-        workers = presence.alive(self.redis, self.queue_name)
+        workers = presence.alive(self.redis, self.keys)
         alive = {owner_name(w.get("name", ""), int(w.get("pid", -1))) for w in workers}
         return sorted(holders - alive)

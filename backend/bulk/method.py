@@ -9,14 +9,15 @@ estimates follow the project as it fills. A probe of the per-task POSTs writes o
 chunk that way (their cost is per task; the rest goes by import); a probe of the import takes a whole chunk
 (its cost is mostly per call).
 
-    tagclip:<queue>:bulk:costs:<project>   hash: import, single (seconds per task, averaged), chunks
+    RedisKeys.write_costs(project)   hash: import, single (seconds per task, averaged), chunks
 """
 
 from __future__ import annotations
 
 from redis import Redis
 
-from .payload import WRITE_AUTO, WRITE_IMPORT, WRITE_SINGLE
+from ..contracts.bulk import WriteMethod
+from ..keys import RedisKeys
 
 # Weight of the newest chunk in the running averages.
 SMOOTHING = 0.3
@@ -29,32 +30,34 @@ COSTS_TTL = 24 * 3600
 
 
 class WriteCosts:
-    def __init__(self, redis: Redis, queue_name: str, project: int) -> None:
+    def __init__(self, redis: Redis, keys: RedisKeys, project: int) -> None:
         self.redis = redis
-        self.key = f"tagclip:{queue_name}:bulk:costs:{project}"
+        self.key = keys.write_costs(project)
 
     def estimates(self) -> dict[str, float]:
-        raw = self.redis.hmget(self.key, [WRITE_IMPORT, WRITE_SINGLE])
-        return {m: float(v) for m, v in zip((WRITE_IMPORT, WRITE_SINGLE), raw, strict=True) if v is not None}
+        raw = self.redis.hmget(self.key, [WriteMethod.IMPORT, WriteMethod.SINGLE])
+        return {
+            m: float(v) for m, v in zip((WriteMethod.IMPORT, WriteMethod.SINGLE), raw, strict=True) if v is not None
+        }
 
     def plan(self, requested: str, tasks: int) -> list[tuple[str, int]]:
         """How to write a chunk's `tasks` predictions: [(method, how many), ...] in order."""
         if tasks <= 0:
             return []
-        if requested != WRITE_AUTO:
+        if requested != WriteMethod.AUTO:
             return [(requested, tasks)]
         chunk = int(self.redis.hincrby(self.key, "chunks", 1))
         self.redis.expire(self.key, COSTS_TTL)
         known = self.estimates()
-        probe = [(WRITE_SINGLE, min(PROBE_TASKS, tasks)), (WRITE_IMPORT, tasks - min(PROBE_TASKS, tasks))]
-        if WRITE_IMPORT not in known:
-            return [(WRITE_IMPORT, tasks)]
-        if WRITE_SINGLE not in known:
+        probe = [(WriteMethod.SINGLE, min(PROBE_TASKS, tasks)), (WriteMethod.IMPORT, tasks - min(PROBE_TASKS, tasks))]
+        if WriteMethod.IMPORT not in known:
+            return [(WriteMethod.IMPORT, tasks)]
+        if WriteMethod.SINGLE not in known:
             return [p for p in probe if p[1]]
-        cheaper, costlier = sorted((WRITE_IMPORT, WRITE_SINGLE), key=lambda m: known[m])
+        cheaper, costlier = sorted((WriteMethod.IMPORT, WriteMethod.SINGLE), key=lambda m: known[m])
         if chunk % PROBE_EVERY:
             return [(cheaper, tasks)]
-        return [p for p in probe if p[1]] if costlier == WRITE_SINGLE else [(WRITE_IMPORT, tasks)]
+        return [p for p in probe if p[1]] if costlier == WriteMethod.SINGLE else [(WriteMethod.IMPORT, tasks)]
 
     def record(self, method: str, seconds: float, tasks: int) -> None:
         """Fold one write (`tasks` stored in `seconds`) into the method's average."""

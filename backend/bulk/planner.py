@@ -28,15 +28,15 @@ from redis.exceptions import WatchError
 from rq import Queue, Retry
 from rq.serializers import JSONSerializer
 
+from ..contracts.bulk import JOB_FUNCTION, WRITE_METHODS, BulkChunk, WriteMethod, build_payload, task_refs
 from ..errors import BulkSetupError
-from ..lsapi import LabelStudioClient, id_after_filter, version_filter
-from ..predict import Predictor
+from ..keys import RedisKeys
+from ..labelstudio.client import LabelStudioClient, id_after_filter, version_filter
+from ..resolve import Resolution, Resolver
 from ..settings import Settings
 from .ledger import Ledger
-from .payload import JOB_FUNCTION, WRITE_AUTO, WRITE_METHODS, BulkChunk, build_payload, task_refs
-from .state import BulkStore, bulk_queue_name
-from .status import job_status
-from .version import ResolvedVersion, project_extra_params, resolve_version, versions_predictor
+from .maintenance import maintain_job
+from .state import BulkState, BulkStore
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 DEFAULT_PAGE_SIZE = 500
 # Tasks per chunk: one import call and one Label Studio check per chunk. Label Studio 1.23's import
 # recounts every predicted task of the project per call (~1 s per 1,000 of them), so bigger chunks
-# amortize it; see README_bulk.md.
+# amortize it (docs/bulk.md).
 DEFAULT_CHUNK_SIZE = 64
 # Finished chunk results are kept this long in Redis; failed ones a week (rq-dashboard shows them).
 RESULT_TTL = 3600
@@ -61,7 +61,7 @@ class BulkRequest:
     view: int | None = None
     filters: Mapping[str, Any] | None = None
     chunk_size: int = DEFAULT_CHUNK_SIZE
-    write: str = WRITE_AUTO
+    write: WriteMethod = WriteMethod.AUTO
     # Take on at most this many new tasks (a trial run); None = all.
     max_tasks: int | None = None
     page_size: int = DEFAULT_PAGE_SIZE
@@ -71,6 +71,7 @@ class BulkRequest:
             raise BulkSetupError(f"chunk size and page size must be positive, got {self.chunk_size}, {self.page_size}")
         if self.write not in WRITE_METHODS:
             raise BulkSetupError(f"write method must be one of {WRITE_METHODS}, got {self.write!r}")
+        object.__setattr__(self, "write", WriteMethod(self.write))
         if self.max_tasks is not None and self.max_tasks <= 0:
             raise BulkSetupError(f"max tasks must be positive, got {self.max_tasks}")
         if self.view is not None and self.filters is not None:
@@ -84,7 +85,7 @@ class Prepared:
     request: BulkRequest
     label_config: str
     extra_params: dict[str, Any]
-    resolved: ResolvedVersion
+    resolved: Resolution
     filter_items: tuple[dict[str, Any], ...]
 
     @property
@@ -103,21 +104,22 @@ ProgressCallback = Callable[[int, int], None]  # (tasks listed so far, tasks enq
 
 class BulkPlanner:
     def __init__(
-        self, settings: Settings, redis: Redis, client: LabelStudioClient, predictor: Predictor | None = None
+        self, settings: Settings, redis: Redis, client: LabelStudioClient, resolver: Resolver | None = None
     ) -> None:
         self.settings = settings
         self.redis = redis
         self.client = client
-        self.predictor = predictor or versions_predictor(settings)
-        self.store = BulkStore(redis, settings.queue_name)
-        self.queue = Queue(bulk_queue_name(settings.queue_name), connection=redis, serializer=JSONSerializer)
+        self.resolver = resolver or Resolver(settings)
+        self.keys = RedisKeys(settings.queue_name)
+        self.store = BulkStore(redis, self.keys)
+        self.queue = Queue(self.keys.bulk_queue, connection=redis, serializer=JSONSerializer)
 
     # --- resolve ---
     def prepare(self, request: BulkRequest) -> Prepared:
         project = self.client.project(request.project)
         label_config = project.get("label_config") or ""
         extra = project_extra_params(self.client.ml_backends(request.project))
-        resolved = resolve_version(self.predictor, label_config, extra)
+        resolved = self.resolver.resolve(label_config, extra)
         if not resolved.parsed.plan.controls:
             raise BulkSetupError(
                 f"project {request.project}: nothing TagCLIP can predict in its label config "
@@ -155,7 +157,7 @@ class BulkPlanner:
                 "model_version": prepared.model_version,
                 "label_config": prepared.label_config,
                 "extra_params": json.dumps(prepared.extra_params),
-                "write": request.write,
+                "write": request.write.value,
                 "chunk_size": request.chunk_size,
                 "queue": self.settings.queue_name,
                 "label_studio": self.client.base,
@@ -163,11 +165,11 @@ class BulkPlanner:
             }
         )
         job = self.store.claim_active(request.project, prepared.model_version, fresh)
-        if job != fresh and job_status(self.store, self.queue, job)["state"] == "done":
-            # It finished without anyone reading its status (that releases it): start anew.
+        if job != fresh and maintain_job(self.store, self.queue, job) is BulkState.DONE:
+            # It ended before a maintenance pass released it (that pass just did): start anew.
             job = self.store.claim_active(request.project, prepared.model_version, fresh)
         if job != fresh:
-            self.redis.delete(self.store.job_key(fresh))
+            self.store.discard(fresh)
             log.info("project %s: attaching to running bulk job %s", request.project, job)
         return Started(job, attached=job != fresh)
 
@@ -215,7 +217,7 @@ class BulkPlanner:
         data_keys = sorted({c.data_key for c in prepared.resolved.parsed.plan.controls})
         refs = task_refs(tasks, data_keys)
         tasks_key, cancelled_key = self.store.job_key(job, "tasks"), self.store.job_key(job, "cancelled")
-        ledger = Ledger(self.redis, self.settings.queue_name, prepared.request.project, prepared.model_version)
+        ledger = Ledger(self.redis, self.keys, prepared.request.project, prepared.model_version)
         with self.redis.pipeline() as pipe:
             while True:
                 try:
@@ -244,7 +246,7 @@ class BulkPlanner:
         Tasks that meanwhile got their prediction are marked done; returns how many were enqueued."""
         request = prepared.request
         enqueued = 0
-        ledger = Ledger(self.redis, self.settings.queue_name, request.project, prepared.model_version)
+        ledger = Ledger(self.redis, self.keys, request.project, prepared.model_version)
         for start in range(0, len(task_ids), request.page_size):
             ids = list(task_ids[start : start + request.page_size])
             tasks = self.client.tasks_by_id(request.project, ids)
@@ -273,7 +275,7 @@ class BulkPlanner:
         info = self.store.info(job)
         request = BulkRequest(project=int(info["project"]), chunk_size=int(info["chunk_size"]), write=info["write"])
         extra = json.loads(info.get("extra_params") or "{}")
-        resolved = resolve_version(self.predictor, info["label_config"], extra)
+        resolved = self.resolver.resolve(info["label_config"], extra)
         if resolved.model_version != info["model_version"]:
             raise BulkSetupError(
                 f"job {job} is for model_version {info['model_version']}, these settings give "
@@ -328,3 +330,14 @@ class BulkPlanner:
             retry=Retry(max=retries) if retries else None,
             description=f"preannotate_chunk(project {chunk.project}, {len(chunk.tasks)} tasks, job {chunk.job})",
         )
+
+
+def project_extra_params(ml_backends: list[dict[str, Any]]) -> dict[str, Any]:
+    """The extra_params of the project's ML backend (the first one that has any; {} without one)."""
+    for backend in ml_backends:
+        extra = backend.get("extra_params")
+        if isinstance(extra, Mapping) and extra:
+            return dict(extra)
+        if isinstance(extra, str) and extra.strip():
+            raise BulkSetupError(f"ML backend {backend.get('id')}: extra_params is not a JSON object: {extra[:80]!r}")
+    return {}

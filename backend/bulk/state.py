@@ -1,4 +1,4 @@
-"""A bulk job's state in Redis, shared by the CLI, the backend and the workers.
+"""A bulk job's state in Redis, shared by the CLI, the backend and the workers (key names: backend.keys).
 
     tagclip:<queue>:bulk:job:<id>             hash: project, model_version, label_config, extra_params, write,
                                               chunk_size, created_at, listed, listing_beat,
@@ -22,12 +22,14 @@ import json
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from enum import Enum
 from typing import Any
 
 from redis import Redis
 from redis.client import Pipeline
 
 from ..errors import BulkJobNotFoundError
+from ..keys import RedisKeys
 
 # Job state is kept this long after the planner last touched it.
 STATE_TTL = 30 * 24 * 3600
@@ -35,9 +37,34 @@ STATE_TTL = 30 * 24 * 3600
 PROGRESS_ENTRIES = 2000
 
 
-def bulk_queue_name(queue_name: str) -> str:
-    """The RQ queue of bulk chunks: workers take interactive /predict jobs first, then these."""
-    return f"{queue_name}-bulk"
+class BulkState(str, Enum):
+    """Where a bulk job stands (the `state` of its status)."""
+
+    LISTING = "listing"  # the planner is listing tasks and enqueueing chunks
+    INTERRUPTED = "interrupted"  # the planner stopped before listing everything (rerun to resume)
+    RUNNING = "running"  # listed; chunks are queued or running
+    DONE = "done"  # listed, and every chunk has ended
+    CANCELLING = "cancelling"  # cancelled; chunks a worker had started are finishing
+    CANCELLED = "cancelled"  # cancelled, and no chunk runs any more
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def ended(self) -> bool:
+        """No chunk of the job will run any more."""
+        return self in (BulkState.DONE, BulkState.CANCELLED, BulkState.INTERRUPTED)
+
+
+class ChunkEnd(str, Enum):
+    """How a chunk's RQ job ended, as counted in the job's `chunks_<end>` fields."""
+
+    FINISHED = "finished"
+    FAILED = "failed"  # after its retries
+    CANCELLED = "cancelled"  # dropped from the queue by a cancel
+
+    def __str__(self) -> str:
+        return self.value
 
 
 def new_job_id() -> str:
@@ -51,25 +78,26 @@ def _text(value: Any) -> str:
 class BulkStore:
     """Reads and writes one queue's bulk jobs."""
 
-    def __init__(self, redis: Redis, queue_name: str) -> None:
+    def __init__(self, redis: Redis, keys: RedisKeys) -> None:
         self.redis = redis
-        self.queue_name = queue_name
-        self.prefix = f"tagclip:{queue_name}:bulk"
+        self.keys = keys
+
+    @property
+    def queue_name(self) -> str:
+        return self.keys.queue
 
     # --- keys ---
     def job_key(self, job: str, part: str = "") -> str:
-        return f"{self.prefix}:job:{job}" + (f":{part}" if part else "")
+        return self.keys.bulk_job(job, part)
 
     def active_key(self, project: int, version: str) -> str:
-        return f"{self.prefix}:active:{project}:{version}"
+        return self.keys.bulk_active(project, version)
 
     def latest_key(self, project: int, version: str) -> str:
-        return f"{self.prefix}:latest:{project}:{version}"
+        return self.keys.bulk_latest(project, version)
 
     def all_keys(self, job: str) -> list[str]:
-        return [self.job_key(job)] + [
-            self.job_key(job, p) for p in ("tasks", "done", "recovered", "failed", "chunks", "progress", "cancelled")
-        ]
+        return self.keys.bulk_job_keys(job)
 
     # --- jobs ---
     def create(self, fields: Mapping[str, Any]) -> str:
@@ -80,8 +108,23 @@ class BulkStore:
         with self.redis.pipeline() as pipe:
             pipe.hset(self.job_key(job), mapping=values)
             pipe.expire(self.job_key(job), STATE_TTL)
+            pipe.sadd(self.keys.bulk_live, job)
             pipe.execute()
         return job
+
+    def discard(self, job: str) -> None:
+        """Forget a job that never took on a task (a planner attached to another job instead)."""
+        with self.redis.pipeline() as pipe:
+            pipe.delete(self.job_key(job))
+            pipe.srem(self.keys.bulk_live, job)
+            pipe.execute()
+
+    def live_jobs(self) -> list[str]:
+        """Jobs that have not ended (maintenance settles them)."""
+        return sorted(_text(j) for j in self.redis.smembers(self.keys.bulk_live))
+
+    def forget_live(self, job: str) -> None:
+        self.redis.srem(self.keys.bulk_live, job)
 
     def claim_active(self, project: int, version: str, job: str) -> str:
         """Make `job` the active job of (project, version) unless one is; returns the active job's id."""
@@ -144,17 +187,18 @@ class BulkStore:
         pipe.hdel(self.job_key(job, "failed"), *ids)
         pipe.hset(self.job_key(job, "chunks"), mapping={k: json.dumps(list(v)) for k, v in chunks.items()})
         pipe.hdel(self.job_key(job), "finished_at")
+        pipe.sadd(self.keys.bulk_live, job)  # a retry brings an ended job back to life
         self.touch(job, pipe)
 
     def live_chunks(self, job: str) -> dict[str, list[int]]:
         raw = self.redis.hgetall(self.job_key(job, "chunks"))
         return {_text(k): json.loads(v) for k, v in raw.items()}
 
-    def settle_chunk(self, job: str, rq_id: str, outcome: str) -> bool:
+    def settle_chunk(self, job: str, rq_id: str, end: ChunkEnd) -> bool:
         """Drop a chunk from the live set once its RQ job is terminal; True for the caller that did it."""
         if not self.redis.hdel(self.job_key(job, "chunks"), rq_id):
             return False
-        self.redis.hincrby(self.job_key(job), f"chunks_{outcome}", 1)
+        self.redis.hincrby(self.job_key(job), f"chunks_{ChunkEnd(end).value}", 1)
         return True
 
     def failed(self, job: str) -> dict[int, str]:

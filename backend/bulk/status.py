@@ -1,9 +1,9 @@
 """A bulk job's JSON status: counts, chunk states, rate and ETA, failed tasks with reasons.
 
-Reading the status also settles chunks whose RQ job ended (finished, or failed after its retries): the
-tasks of a failed chunk that are not done are recorded as failed with the chunk's error. It also cleans
-the bulk queue's StartedJobRegistry, so a chunk of a killed worker is re-queued (RQ Retry) without
-waiting for a worker's maintenance pass. Several readers may do this at once; each chunk settles once.
+Reading a status never writes (as rq's registries, which clean up only in an explicit maintenance pass:
+backend.bulk.maintenance). Chunks whose RQ job has ended but that no maintenance pass has settled yet are
+counted by their RQ status: a finished chunk as finished, a failed one's tasks that are not done as
+failed with the chunk's error, so a status is exact whether or not maintenance has run.
 
 A cancelled job (backend.bulk.cancel) is "cancelling" while chunks a worker had started run, then
 "cancelled"; its tasks that will not run are counted as `cancelled`, not failed.
@@ -11,17 +11,16 @@ A cancelled job (backend.bulk.cancel) is "cancelling" while chunks a worker had 
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from redis.exceptions import RedisError
 from rq import Queue
 from rq.job import Job, JobStatus
 
-from .payload import WRITE_IMPORT, WRITE_SINGLE
-from .state import BulkStore
+from ..contracts.bulk import WriteMethod
+from .state import BulkState, BulkStore, ChunkEnd
 
 # Seconds of recent progress the rate is computed over.
 RATE_WINDOW = 60.0
@@ -32,30 +31,96 @@ MAX_FAILED_LISTED = 1000
 _TERMINAL_FAILED = {JobStatus.FAILED.value, JobStatus.STOPPED.value, JobStatus.CANCELED.value}
 
 
+@dataclass(frozen=True)
+class EndedChunk:
+    """A chunk whose RQ job has ended but that is not settled yet."""
+
+    end: ChunkEnd  # what maintenance will settle it as
+    failed: Mapping[int, str]  # a failed chunk's tasks that are not done -> the chunk's error
+
+
+@dataclass
+class ChunkView:
+    """The live (unsettled) chunks of a job, by their RQ status."""
+
+    queued: int = 0
+    running: int = 0
+    running_tasks: int = 0
+    ended: dict[str, EndedChunk] = field(default_factory=dict)  # RQ id -> how it ended
+
+    @property
+    def live(self) -> int:
+        return self.queued + self.running
+
+    @property
+    def failed_tasks(self) -> dict[int, str]:
+        return {task: reason for chunk in self.ended.values() for task, reason in chunk.failed.items()}
+
+    def ended_count(self, end: ChunkEnd) -> int:
+        return sum(1 for chunk in self.ended.values() if chunk.end is end)
+
+
+def read_chunks(store: BulkStore, queue: Queue, job: str, cancelled: bool) -> ChunkView:
+    """The job's unsettled chunks by their RQ status (one pipelined read)."""
+    chunks = store.live_chunks(job)
+    ids = list(chunks)
+    with store.redis.pipeline() as pipe:
+        for rq_id in ids:
+            pipe.hget(Job.key_for(rq_id), "status")
+        statuses = pipe.execute() if ids else []
+    view = ChunkView()
+    for rq_id, raw in zip(ids, statuses, strict=True):
+        status = raw.decode() if isinstance(raw, bytes) else raw
+        if status == JobStatus.FINISHED.value:
+            view.ended[rq_id] = EndedChunk(ChunkEnd.FINISHED, {})
+        elif cancelled and status == JobStatus.CANCELED.value:
+            view.ended[rq_id] = EndedChunk(ChunkEnd.CANCELLED, {})  # dropped by a cancel: its tasks did not fail
+        elif status in _TERMINAL_FAILED or status is None:
+            reason = failure_text(queue, rq_id, status)
+            done = store.done_among(job, chunks[rq_id])
+            failed = {t: reason for t, is_done in zip(chunks[rq_id], done, strict=True) if not is_done}
+            view.ended[rq_id] = EndedChunk(ChunkEnd.FAILED, failed)
+        elif status == JobStatus.STARTED.value:
+            view.running += 1
+            view.running_tasks += len(chunks[rq_id])
+        else:
+            view.queued += 1
+    return view
+
+
+def job_state(info: Mapping[str, str], chunks: ChunkView, cancelled: bool, now: float) -> BulkState:
+    if cancelled:
+        return BulkState.CANCELLING if chunks.live else BulkState.CANCELLED
+    if info.get("listed") != "1":
+        beat = float(info.get("listing_beat") or info.get("created_at") or now)
+        return BulkState.LISTING if now - beat < LISTING_STALE_SECONDS else BulkState.INTERRUPTED
+    return BulkState.RUNNING if chunks.live else BulkState.DONE
+
+
+def current_state(store: BulkStore, queue: Queue, job: str, now: float | None = None) -> BulkState:
+    """Where bulk job `job` stands now (raises BulkJobNotFoundError for an unknown id)."""
+    info = store.info(job)
+    cancelled = store.cancelled_at(job) is not None
+    return job_state(info, read_chunks(store, queue, job, cancelled), cancelled, time.time() if now is None else now)
+
+
 def job_status(store: BulkStore, queue: Queue, job: str, now: float | None = None) -> dict[str, Any]:
     """The status of bulk job `job` (raises BulkJobNotFoundError for an unknown id)."""
     now = time.time() if now is None else now
     info = store.info(job)
     cancelled_at = store.cancelled_at(job)
-    _cleanup_abandoned(queue)
-    chunk_states = _settle_chunks(store, queue, job, cancelled=cancelled_at is not None)
+    chunks = read_chunks(store, queue, job, cancelled=cancelled_at is not None)
     counts = store.counts(job)
-    failed = store.failed(job)
+    failed = {**chunks.failed_tasks, **store.failed(job)}
     total = counts["tasks"]
-    finished = counts["done"] + counts["failed"]
+    finished = counts["done"] + len(failed)
     remaining = max(0, total - finished)
-    running = min(remaining, chunk_states["running_tasks"])
+    running = min(remaining, chunks.running_tasks)
     # A cancelled job's tasks that are neither finished nor running will not run.
     cancelled = remaining - running if cancelled_at is not None else 0
-    listed = info.get("listed") == "1"
-    live = chunk_states["queued"] + chunk_states["running"]
-    state = _state(info, listed, live, now, cancelled_at is not None)
-    if state in ("done", "cancelled"):
-        store.release_active(int(info["project"]), info["model_version"], job)
-        if not info.get("finished_at"):
-            finished_at = float(info.get("last_progress_at") or now)
-            store.set_fields(job, finished_at=finished_at)
-            info["finished_at"] = str(finished_at)
+    state = job_state(info, chunks, cancelled_at is not None, now)
+    if state in (BulkState.DONE, BulkState.CANCELLED) and not info.get("finished_at"):
+        info = {**info, "finished_at": str(float(info.get("last_progress_at") or now))}
     rate = _rate(store.progress(job), info, now)
     written = int(info.get("written", 0) or 0)
     write_seconds = float(info.get("write_seconds", 0) or 0)
@@ -64,7 +129,7 @@ def job_status(store: BulkStore, queue: Queue, job: str, now: float | None = Non
         "id": job,
         "project": int(info["project"]),
         "model_version": info["model_version"],
-        "state": state,
+        "state": state.value,
         "write": info.get("write"),
         "total": total,
         "queued": remaining - running - cancelled,
@@ -73,14 +138,12 @@ def job_status(store: BulkStore, queue: Queue, job: str, now: float | None = Non
         "done": counts["done"],
         "written": written,
         "recovered": counts["recovered"],
-        "failed": counts["failed"],
+        "failed": len(failed),
         "failed_tasks": [{"task": t, "reason": r} for t, r in sorted(failed.items())[:MAX_FAILED_LISTED]],
         "chunks": {
-            "queued": chunk_states["queued"],
-            "running": chunk_states["running"],
-            "finished": int(info.get("chunks_finished", 0) or 0),
-            "failed": int(info.get("chunks_failed", 0) or 0),
-            "cancelled": int(info.get("chunks_cancelled", 0) or 0),
+            "queued": chunks.queued,
+            "running": chunks.running,
+            **{end.value: _settled(info, end) + chunks.ended_count(end) for end in ChunkEnd},
         },
         "tasks_per_s": round(rate, 3),
         "eta_s": _eta(remaining - cancelled, rate),
@@ -96,50 +159,8 @@ def job_status(store: BulkStore, queue: Queue, job: str, now: float | None = Non
     }
 
 
-def _state(info: Mapping[str, str], listed: bool, live_chunks: int, now: float, cancelled: bool) -> str:
-    if cancelled:
-        return "cancelling" if live_chunks else "cancelled"
-    if not listed:
-        beat = float(info.get("listing_beat") or info.get("created_at") or now)
-        return "listing" if now - beat < LISTING_STALE_SECONDS else "interrupted"
-    return "running" if live_chunks else "done"
-
-
-def _settle_chunks(store: BulkStore, queue: Queue, job: str, cancelled: bool) -> dict[str, int]:
-    chunks = store.live_chunks(job)
-    ids = list(chunks)
-    with store.redis.pipeline() as pipe:
-        for rq_id in ids:
-            pipe.hget(Job.key_for(rq_id), "status")
-        statuses = pipe.execute() if ids else []
-    states = {"queued": 0, "running": 0, "running_tasks": 0}
-    for rq_id, raw in zip(ids, statuses, strict=True):
-        status = raw.decode() if isinstance(raw, bytes) else raw
-        if status == JobStatus.FINISHED.value:
-            store.settle_chunk(job, rq_id, "finished")
-        elif cancelled and status == JobStatus.CANCELED.value:
-            store.settle_chunk(job, rq_id, "cancelled")  # dropped by cancel_job: its tasks are not failures
-        elif status in _TERMINAL_FAILED or status is None:
-            _settle_failed(store, queue, job, rq_id, chunks[rq_id], status)
-        elif status == JobStatus.STARTED.value:
-            states["running"] += 1
-            states["running_tasks"] += len(chunks[rq_id])
-        else:
-            states["queued"] += 1
-    return states
-
-
-def _settle_failed(
-    store: BulkStore, queue: Queue, job: str, rq_id: str, task_ids: list[int], status: str | None
-) -> None:
-    reason = _failure_text(queue, rq_id, status)
-    if not store.settle_chunk(job, rq_id, "failed"):
-        return
-    done = store.done_among(job, task_ids)
-    store.mark_failed(job, {t: reason for t, is_done in zip(task_ids, done, strict=True) if not is_done}, True)
-
-
-def _failure_text(queue: Queue, rq_id: str, status: str | None) -> str:
+def failure_text(queue: Queue, rq_id: str, status: str | None) -> str:
+    """Why a chunk's RQ job failed: the last line of its exception, or its status."""
     if status is None:
         return f"chunk {rq_id} vanished from Redis"
     try:
@@ -150,15 +171,14 @@ def _failure_text(queue: Queue, rq_id: str, status: str | None) -> str:
     return f"chunk {status} after its retries: {lines[-1] if lines else status}"
 
 
-def _cleanup_abandoned(queue: Queue) -> None:
-    with contextlib.suppress(RedisError):
-        queue.started_job_registry.cleanup()
+def _settled(info: Mapping[str, str], end: ChunkEnd) -> int:
+    return int(info.get(f"chunks_{end.value}", 0) or 0)
 
 
 def _methods(info: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     """Tasks written and seconds per stored task, by write-back method."""
     out = {}
-    for method in (WRITE_IMPORT, WRITE_SINGLE):
+    for method in (WriteMethod.IMPORT.value, WriteMethod.SINGLE.value):
         written = int(info.get(f"written_{method}", 0) or 0)
         seconds = float(info.get(f"store_seconds_{method}", 0) or 0)
         if written:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from ..lsapi import LabelStudioClient
+from ..labelstudio.client import LabelStudioClient
 from .ledger import Ledger
 from .state import BulkStore
 
@@ -45,6 +45,6 @@ def verify_job(client: LabelStudioClient, store: BulkStore, job: str) -> VerifyR
     report.missing = [t for t, is_done in zip(tasks, done, strict=True) if is_done and not by_task.get(t)]
     if report.missing:
         store.forget_done(job, report.missing)
-        Ledger(store.redis, store.queue_name, project, version).forget_done(report.missing)
+        Ledger(store.redis, store.keys, project, version).forget_done(report.missing)
         store.mark_failed(job, {t: MISSING for t in report.missing})
     return report

@@ -12,22 +12,32 @@ The result is plain JSON too: {"schema": 1, "job": str, "worker": str, "written"
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from ..errors import PayloadError
-from ..fetch import Source
+from ..labelstudio.auth import Source
 
 SCHEMA = 1
 # The job function, by dotted path (the planner never imports it: no torch in the web process or CLI).
 JOB_FUNCTION = "worker.bulk.preannotate_chunk"
-# How predictions are written back: the bulk import endpoint, one POST /api/predictions per task, or per
-# chunk whichever has been cheaper per task (backend.bulk.method).
-WRITE_AUTO = "auto"
-WRITE_IMPORT = "import"
-WRITE_SINGLE = "single"
-WRITE_METHODS = (WRITE_AUTO, WRITE_IMPORT, WRITE_SINGLE)
+
+
+class WriteMethod(str, Enum):
+    """How a chunk's predictions are written back to Label Studio."""
+
+    AUTO = "auto"  # per chunk, whichever has been cheaper per task so far (backend.bulk.method)
+    IMPORT = "import"  # one POST /api/projects/<id>/import/predictions per chunk
+    SINGLE = "single"  # one POST /api/predictions per task
+
+    def __str__(self) -> str:
+        return self.value
+
+
+WRITE_METHODS = tuple(m.value for m in WriteMethod)
 
 
 @dataclass(frozen=True)
@@ -44,7 +54,7 @@ class BulkChunk:
     model_version: str
     label_config: str
     extra_params: Mapping[str, Any]
-    write: str
+    write: WriteMethod
     source: Source
     tasks: tuple[BulkTask, ...]
 
@@ -58,7 +68,7 @@ def build_payload(chunk: BulkChunk) -> dict[str, Any]:
         "model_version": chunk.model_version,
         "label_config": chunk.label_config,
         "extra_params": dict(chunk.extra_params),
-        "write": chunk.write,
+        "write": str(chunk.write),
         "source": {"url": chunk.source.url, "api_key": chunk.source.api_key},
         "tasks": [{"id": t.id, "data": dict(t.data)} for t in chunk.tasks],
     }
@@ -96,7 +106,7 @@ def parse_payload(payload: Any) -> BulkChunk:
         raise PayloadError(f"malformed bulk payload: {type(e).__name__}: {e}") from e
     if chunk.write not in WRITE_METHODS:
         raise PayloadError(f"bulk payload write={chunk.write!r} is not one of {WRITE_METHODS}")
-    return chunk
+    return dataclasses.replace(chunk, write=WriteMethod(chunk.write))
 
 
 def _text(value: Any, field: str) -> str:

@@ -27,9 +27,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .converters.regions import MASK_MODES
-from .errors import PayloadError
-from .fetch import Source
+from tagclip_core.types import MaskMode
+
+from ..converters.regions import MASK_MODES
+from ..errors import PayloadError
+from ..labelstudio.auth import Source
 
 SCHEMA = 1
 # Schema 1 plus controls[].masks.
@@ -45,7 +47,7 @@ class MaskSpec:
     """Masks a control asks for: how, the smallest region kept, and which labels (the control's threshold,
     or TagCLIP's tags when None)."""
 
-    mode: str
+    mode: MaskMode
     min_region_area: int
     threshold: float | None
 
@@ -131,21 +133,12 @@ def parse_payload(payload: Any) -> ChunkSpec:
             f"payload schema {payload.get('schema')!r} is not {SCHEMA} or {MASKS_SCHEMA} (backend/worker version skew)"
         )
     try:
-        controls = tuple(
-            ControlSpec(
-                name=_str(c["name"], "controls[].name"),
-                data_key=_str(c["data_key"], "controls[].data_key"),
-                labels=tuple(_str(k["label"], "classes[].label") for k in c["classes"]),
-                prompts=tuple(tuple(_str(p, "classes[].prompts[]") for p in k["prompts"]) for k in c["classes"]),
-                masks=_mask_spec(c.get("masks")) if payload["schema"] == MASKS_SCHEMA else None,
-            )
-            for c in payload["controls"]
-        )
+        controls = parse_controls(payload["controls"], with_masks=payload["schema"] == MASKS_SCHEMA)
         tasks = tuple(
             TaskRef(index=int(t["index"]), id=t.get("id"), images=dict(t["images"])) for t in payload["tasks"]
         )
         source = payload.get("source") or {}
-        spec = ChunkSpec(
+        return ChunkSpec(
             model_key=_str(payload["model_key"], "model_key"),
             background=str(payload.get("background", "none")),
             controls=controls,
@@ -154,10 +147,27 @@ def parse_payload(payload: Any) -> ChunkSpec:
         )
     except (KeyError, TypeError, ValueError) as e:
         raise PayloadError(f"malformed payload: {type(e).__name__}: {e}") from e
-    for control in spec.controls:
+
+
+def parse_controls(controls: Sequence[Mapping[str, Any]], with_masks: bool = True) -> tuple[ControlSpec, ...]:
+    """The payload's controls (ControlPlan.to_payload() dicts); raises PayloadError naming the bad field."""
+    try:
+        specs = tuple(
+            ControlSpec(
+                name=_str(c["name"], "controls[].name"),
+                data_key=_str(c["data_key"], "controls[].data_key"),
+                labels=tuple(_str(k["label"], "classes[].label") for k in c["classes"]),
+                prompts=tuple(tuple(_str(p, "classes[].prompts[]") for p in k["prompts"]) for k in c["classes"]),
+                masks=_mask_spec(c.get("masks")) if with_masks else None,
+            )
+            for c in controls
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise PayloadError(f"malformed payload: {type(e).__name__}: {e}") from e
+    for control in specs:
         if not control.labels or any(not p for p in control.prompts):
             raise PayloadError(f"control {control.name!r} has no classes or a class without prompts")
-    return spec
+    return specs
 
 
 def _mask_spec(data: Any) -> MaskSpec | None:
@@ -168,6 +178,7 @@ def _mask_spec(data: Any) -> MaskSpec | None:
     mode, area, threshold = data.get("mode"), data.get("min_region_area", 0), data.get("threshold")
     if mode not in MASK_MODES:
         raise PayloadError(f"controls[].masks.mode must be one of {MASK_MODES}, got {mode!r}")
+    mode = MaskMode(mode)
     if isinstance(area, bool) or not isinstance(area, int) or area < 0:
         raise PayloadError(f"controls[].masks.min_region_area must be an integer >= 0, got {area!r}")
     if threshold is not None and (

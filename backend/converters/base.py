@@ -44,6 +44,11 @@ class ControlPlan:
     single: bool  # keep only the top label
     threshold: float | None  # absolute score threshold; None = TagCLIP's relative rule
 
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The classes' labels (the keys scores and annotations use), in config order."""
+        return tuple(c.label for c in self.classes)
+
     def to_payload(self) -> dict[str, Any]:
         """Plain JSON for the job: what the worker needs, nothing about Label Studio."""
         return {
@@ -106,10 +111,17 @@ class Converter(ABC):
     def plan(
         self, control: Any, images: Mapping[str, str], config_xml: str, default_threshold: float | None
     ) -> ControlPlan | str:
-        """The plan for a matching control, or why it cannot be predicted.
+        """The prediction plan for a matching control, or why it is not predicted.
 
         images: Image object name -> task data key.
         """
+        return self.read_plan(control, images, config_xml, default_threshold)
+
+    def read_plan(
+        self, control: Any, images: Mapping[str, str], config_xml: str, default_threshold: float | None
+    ) -> ControlPlan | str:
+        """The control as annotations read it (classes, single, threshold), whether or not it is predicted;
+        or why it cannot be read (no labels)."""
         to_name = next(name for name in control.to_name if name in images)
         classes = self.classes(control, config_xml)
         if not classes:
@@ -165,26 +177,34 @@ class Converter(ABC):
 
 
 def select_labels(output: ControlOutput, plan: ControlPlan) -> list[tuple[str, float]]:
-    """Labels kept for a task, in class order, with their scores.
+    """Labels kept for a task, in class order, with their scores (see `choose_labels`)."""
+    return choose_labels(output, plan.labels, plan.single, plan.threshold)
+
+
+def choose_labels(
+    output: ControlOutput, classes: Sequence[str], single: bool, threshold: float | None
+) -> list[tuple[str, float]]:
+    """The rule that picks a control's labels from its scores, in class order, with their scores.
 
     single: the top label (if it passes the absolute threshold, when one is set);
     threshold set: every label with score >= threshold;
     otherwise: TagCLIP's tags (its relative rule).
+    The worker applies the same rule to choose which labels get masks.
     """
-    known = {c.label for c in plan.classes}
+    known = set(classes)
     scores = {label: score for label, score in zip(output.labels, output.scores, strict=True) if label in known}
     if not scores:
         return []
-    if plan.single:
+    if single:
         best = max(scores, key=lambda label: scores[label])
-        if plan.threshold is not None and scores[best] < plan.threshold:
+        if threshold is not None and scores[best] < threshold:
             return []
         return [(best, scores[best])]
-    if plan.threshold is not None:
-        chosen = {label for label, score in scores.items() if score >= plan.threshold}
+    if threshold is not None:
+        chosen = {label for label, score in scores.items() if score >= threshold}
     else:
         chosen = {label for label in output.tags if label in scores}
-    return [(c.label, scores[c.label]) for c in plan.classes if c.label in chosen]
+    return [(label, scores[label]) for label in classes if label in chosen]
 
 
 def parse_threshold(control: Any, default: float | None) -> float | None:

@@ -7,7 +7,9 @@ from typing import Any
 import numpy as np
 from label_studio_sdk.converter.brush import mask2rle
 
-from .regions import MaskOutput, RegionConverter, TagMask, rle_decode
+from tagclip_core.geometry import rle_decode
+
+from .regions import LabelMask, MaskOutput, RegionConverter
 
 # Label Studio draws the brush mask's value as its alpha: a 0/1 mask is stored but invisible.
 FOREGROUND = 255
@@ -23,7 +25,7 @@ class BrushLabelsConverter(RegionConverter):
     result_type = "brushlabels"
     labels_key = "brushlabels"
 
-    def tag_values(self, tag: TagMask, output: MaskOutput, min_area: int) -> list[tuple[int, dict[str, Any], float]]:
+    def tag_values(self, tag: LabelMask, output: MaskOutput, min_area: int) -> list[tuple[int, dict[str, Any], float]]:
         mask = rle_decode(tag.rle)
         if mask.shape != (output.height, output.width):
             raise ValueError(f"mask of {tag.label!r} is {mask.shape}, the image is {(output.height, output.width)}")

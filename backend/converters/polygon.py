@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .regions import MaskOutput, RegionConverter, TagMask, kept_regions, percent
+from .regions import LabelMask, MaskOutput, RegionConverter, kept_regions, percent
 
 # Label Studio needs at least a triangle.
 MIN_POINTS = 3
@@ -15,7 +15,7 @@ class PolygonLabelsConverter(RegionConverter):
     result_type = "polygonlabels"
     labels_key = "polygonlabels"
 
-    def tag_values(self, tag: TagMask, output: MaskOutput, min_area: int) -> list[tuple[int, dict[str, Any], float]]:
+    def tag_values(self, tag: LabelMask, output: MaskOutput, min_area: int) -> list[tuple[int, dict[str, Any], float]]:
         values = []
         for index, region in kept_regions(tag, min_area):
             points = [[percent(x, output.width), percent(y, output.height)] for x, y in region["polygon"]]

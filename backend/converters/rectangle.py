@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .regions import MaskOutput, RegionConverter, TagMask, kept_regions, percent
+from .regions import LabelMask, MaskOutput, RegionConverter, kept_regions, percent
 
 
 class RectangleLabelsConverter(RegionConverter):
@@ -12,7 +12,7 @@ class RectangleLabelsConverter(RegionConverter):
     result_type = "rectanglelabels"
     labels_key = "rectanglelabels"
 
-    def tag_values(self, tag: TagMask, output: MaskOutput, min_area: int) -> list[tuple[int, dict[str, Any], float]]:
+    def tag_values(self, tag: LabelMask, output: MaskOutput, min_area: int) -> list[tuple[int, dict[str, Any], float]]:
         values = []
         for index, region in kept_regions(tag, min_area):
             x, y, w, h = (float(v) for v in region["bbox"])

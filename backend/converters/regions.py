@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-import numpy as np
+from tagclip_core.types import MaskMode
 
 from ..errors import LabelConfigError
 from .base import ClassDef, ControlOutput, ControlPlan, Converter, label_classes, region_id, select_labels
@@ -30,7 +30,7 @@ MASK_MODE_ATTR = "model_mask_mode"
 MIN_AREA_ATTR = "model_min_region_area"
 # Tag attribute switching a control's masks off ("false", "off", "no", "0").
 MASKS_ATTR = "model_masks"
-MASK_MODES = ("clip-es", "coarse")
+MASK_MODES = tuple(m.value for m in MaskMode)
 _OFF_VALUES = frozenset({"false", "off", "no", "0"})
 _ON_VALUES = frozenset({"true", "on", "yes", "1"})
 # Label Studio coordinates are percentages of the image size.
@@ -42,19 +42,25 @@ _DIGITS = 6
 class MaskDefaults:
     """Backend-wide mask settings (e.g. from the backend's extra_params); tag attributes override them."""
 
-    # Mask mode when a control does not say: "coarse" is nearly free, "clip-es" is the paper's CLS-SEG.
-    mode: str = "coarse"
+    # Mask mode when a control does not say: coarse is nearly free, clip-es is the paper's CLS-SEG.
+    mode: MaskMode = MaskMode.COARSE
     # Regions smaller than this many pixels are dropped (the worker also drops them from brush masks).
     min_region_area: int = 0
     # Predict region controls at all (False: every region control is skipped, e.g. per project).
     enabled: bool = True
+
+    def __post_init__(self) -> None:
+        try:  # a plain string becomes the enum, so equal defaults hash equal
+            object.__setattr__(self, "mode", MaskMode(self.mode))
+        except ValueError as e:
+            raise LabelConfigError(f"default mask mode {self.mode!r} is not one of {MASK_MODES}") from e
 
 
 @dataclass(frozen=True)
 class RegionPlan(ControlPlan):
     """A region control's plan: a ControlPlan plus how its masks are made."""
 
-    mode: str = "coarse"
+    mode: MaskMode = MaskMode.COARSE
     min_region_area: int = 0
 
     def to_payload(self) -> dict[str, Any]:
@@ -67,7 +73,7 @@ class RegionPlan(ControlPlan):
 
 
 @dataclass(frozen=True)
-class TagMask:
+class LabelMask:
     """One label's mask as the worker sent it (neutral run lengths and regions in image pixels)."""
 
     label: str
@@ -84,7 +90,7 @@ class MaskOutput:
     mode: str
     width: int
     height: int
-    masks: Mapping[str, TagMask]
+    masks: Mapping[str, LabelMask]
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> MaskOutput:
@@ -93,7 +99,7 @@ class MaskOutput:
         width, height = int(masks.get("width", 0)), int(masks.get("height", 0))
         by_label = {}
         for entry in masks.get("masks", ()):
-            tag = TagMask(
+            tag = LabelMask(
                 label=str(entry["label"]),
                 score=float(entry.get("score", 0.0)),
                 rle=entry["rle"],
@@ -105,21 +111,14 @@ class MaskOutput:
         return cls(control, str(masks.get("mode", "")), width, height, by_label)
 
 
-def rle_decode(rle: Mapping[str, Any]) -> np.ndarray:
-    """bool [height, width] mask from the neutral run-length form (column-major, runs of 0 then 1, ...)."""
-    height, width = (int(v) for v in rle["size"])
-    counts = np.asarray(rle["counts"], dtype=np.int64)
-    if counts.sum() != height * width or (counts < 0).any():
-        raise ValueError(f"run lengths sum to {int(counts.sum())}, expected {height} * {width}")
-    values = np.arange(counts.size) % 2 == 1
-    return np.repeat(values, counts).reshape((height, width), order="F")
-
-
-def parse_mask_mode(control: Any, default: str) -> str:
+def parse_mask_mode(control: Any, default: MaskMode) -> MaskMode:
     raw = str(control.attr.get(MASK_MODE_ATTR) or default).strip().lower()
-    if raw not in MASK_MODES:
-        raise LabelConfigError(f"{control.tag} {control.name!r}: {MASK_MODE_ATTR}={raw!r} is not one of {MASK_MODES}")
-    return raw
+    try:
+        return MaskMode(raw)
+    except ValueError as e:
+        raise LabelConfigError(
+            f"{control.tag} {control.name!r}: {MASK_MODE_ATTR}={raw!r} is not one of {MASK_MODES}"
+        ) from e
 
 
 def parse_min_area(control: Any, default: int) -> int:
@@ -158,8 +157,6 @@ class RegionConverter(Converter):
 
     def __init__(self, defaults: MaskDefaults | None = None) -> None:
         self.defaults = defaults or MaskDefaults()
-        if self.defaults.mode not in MASK_MODES:
-            raise LabelConfigError(f"default mask mode {self.defaults.mode!r} is not one of {MASK_MODES}")
 
     def classes(self, control: Any, config_xml: str) -> tuple[ClassDef, ...]:
         return label_classes(control)
@@ -173,7 +170,7 @@ class RegionConverter(Converter):
     ) -> RegionPlan | str:
         if not parse_enabled(control, self.defaults.enabled):
             return f"{self.tag} {control.name!r}: masks are switched off"
-        planned = super().plan(control, images, config_xml, default_threshold)
+        planned = self.read_plan(control, images, config_xml, default_threshold)
         if isinstance(planned, str):
             return planned
         base = {f.name: getattr(planned, f.name) for f in fields(ControlPlan)}
@@ -218,10 +215,10 @@ class RegionConverter(Converter):
         return results
 
     @abstractmethod
-    def tag_values(self, tag: TagMask, output: MaskOutput, min_area: int) -> list[tuple[int, dict[str, Any], float]]:
+    def tag_values(self, tag: LabelMask, output: MaskOutput, min_area: int) -> list[tuple[int, dict[str, Any], float]]:
         """(index, region value without its labels, score) for each region of one label."""
 
 
-def kept_regions(tag: TagMask, min_area: int) -> list[tuple[int, Mapping[str, Any]]]:
+def kept_regions(tag: LabelMask, min_area: int) -> list[tuple[int, Mapping[str, Any]]]:
     """(index, region) of a label's regions with at least `min_area` pixels."""
     return [(i, r) for i, r in enumerate(tag.regions) if int(r.get("area", 0)) >= min_area]

@@ -2,7 +2,7 @@
 per task or the bulk import), export snapshots, label-config updates. No torch; the CLI, the backend and
 the workers use it.
 
-Auth is `backend.fetch.LabelStudioAuth`: a legacy key goes as `Token`, a personal access token is exchanged
+Auth is `backend.labelstudio.auth.LabelStudioAuth`: a legacy key goes as `Token`, a personal access token is exchanged
 for a short-lived `Bearer` (refreshed once on a 401). Every error becomes `LabelStudioAPIError` naming the
 call and Label Studio's status; the key never appears in messages.
 """
@@ -16,8 +16,8 @@ from typing import Any
 
 import requests
 
-from .errors import LabelStudioAPIError, LabelStudioAuthError
-from .fetch import LabelStudioAuth, Source, is_jwt
+from ..errors import LabelStudioAPIError, LabelStudioAuthError
+from .auth import LabelStudioAuth, Source, is_jwt
 
 # Seconds for one REST call (a 10,000-task export or a page of 1,000 tasks takes a few seconds).
 DEFAULT_TIMEOUT = 120.0

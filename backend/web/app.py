@@ -12,13 +12,15 @@ from typing import Any
 from flask import Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from . import jobs_api
-from .errors import BadRequestError, HTTPError, UnauthorizedError
-from .metrics import Metrics
-from .predict import Predictor
+from ..errors import BadRequestError, HTTPError, UnauthorizedError
+from ..keys import RedisKeys
+from ..resolve import Resolver
+from ..settings import Settings
+from . import bulk_routes
+from .dispatch import Dispatcher, RedisDispatcher, make_dispatcher
 from .projects import ProjectStore
-from .queue import Dispatcher, RedisDispatcher, make_dispatcher
-from .settings import Settings
+from .prometheus import Metrics
+from .service import PredictionService
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,7 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 class BackendState:
     settings: Settings
     dispatcher: Dispatcher
-    predictor: Predictor
+    service: PredictionService
     metrics: Metrics
 
 
@@ -43,8 +45,10 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     dispatcher = dispatcher or make_dispatcher(settings)
     metrics = Metrics(dispatcher.queue_depth, dispatcher.worker_count)
     redis = dispatcher.redis if isinstance(dispatcher, RedisDispatcher) else None
-    projects = ProjectStore(redis, settings.queue_name)
-    state = BackendState(settings, dispatcher, Predictor(settings, dispatcher, projects, metrics), metrics)
+    projects = ProjectStore(redis, RedisKeys(settings.queue_name))
+    resolver = Resolver(settings)
+    service = PredictionService(settings, dispatcher, projects, metrics, resolver)
+    state = BackendState(settings, dispatcher, service, metrics)
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
@@ -61,7 +65,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     app.add_url_rule("/predict", "predict", _predict, methods=["POST"])
     app.add_url_rule("/webhook", "webhook", _webhook, methods=["POST"])
     app.add_url_rule("/metrics", "metrics", _metrics, methods=["GET"])
-    jobs_api.register(app, settings, redis, state.predictor)  # POST /jobs, GET /jobs/<id>: bulk pre-annotation
+    bulk_routes.register(app, settings, redis, resolver)  # POST /jobs, GET /jobs/<id>: bulk pre-annotation
     return app
 
 
@@ -129,11 +133,11 @@ def _health() -> Response:
 
 
 def _setup() -> Response:
-    return jsonify(_state().predictor.setup(_json_body()))
+    return jsonify(_state().service.setup(_json_body()))
 
 
 def _predict() -> Response:
-    return jsonify(_state().predictor.predict(_json_body()))
+    return jsonify(_state().service.predict(_json_body()))
 
 
 def _webhook() -> tuple[Response, int]:

@@ -26,15 +26,16 @@ from redis import Redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from .bulk.cancel import cancel_job
-from .bulk.planner import DEFAULT_CHUNK_SIZE, BulkPlanner, BulkRequest, Prepared
-from .bulk.state import BulkStore, bulk_queue_name
-from .bulk.status import job_status
-from .errors import BackendError, BadRequestError, QueueRequiredError
-from .fetch import Source
-from .lsapi import LabelStudioClient
-from .predict import Predictor
-from .settings import Settings
+from ..bulk.cancel import cancel_job
+from ..bulk.planner import DEFAULT_CHUNK_SIZE, BulkPlanner, BulkRequest, Prepared
+from ..bulk.state import BulkStore
+from ..bulk.status import job_status
+from ..errors import BackendError, BadRequestError, QueueRequiredError
+from ..keys import RedisKeys
+from ..labelstudio.auth import Source
+from ..labelstudio.client import LabelStudioClient
+from ..resolve import Resolver
+from ..settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +45,10 @@ LISTING_THREADS = 2
 
 
 @dataclass
-class JobsService:
+class BulkService:
     settings: Settings
     redis: Redis | None
-    predictor: Predictor
+    resolver: Resolver
     executor: ThreadPoolExecutor
 
     def redis_or_fail(self) -> Redis:
@@ -60,8 +61,8 @@ class JobsService:
 
     def store_and_queue(self) -> tuple[BulkStore, Queue]:
         redis = self.redis_or_fail()
-        queue = Queue(bulk_queue_name(self.settings.queue_name), connection=redis, serializer=JSONSerializer)
-        return BulkStore(redis, self.settings.queue_name), queue
+        keys = RedisKeys(self.settings.queue_name)
+        return BulkStore(redis, keys), Queue(keys.bulk_queue, connection=redis, serializer=JSONSerializer)
 
     def planner(self, body: Mapping[str, Any]) -> BulkPlanner:
         redis = self.redis_or_fail()
@@ -74,20 +75,20 @@ class JobsService:
                 "no Label Studio URL and key: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY on the backend, "
                 "or pass url and api_key"
             )
-        return BulkPlanner(self.settings, redis, LabelStudioClient(source), self.predictor)
+        return BulkPlanner(self.settings, redis, LabelStudioClient(source), self.resolver)
 
 
-def register(app: Flask, settings: Settings, redis: Redis | None, predictor: Predictor) -> None:
+def register(app: Flask, settings: Settings, redis: Redis | None, resolver: Resolver) -> None:
     """Add the /jobs routes to the backend app; their state lives on the app."""
     executor = ThreadPoolExecutor(LISTING_THREADS, thread_name_prefix="tagclip-bulk-listing")
-    app.extensions[EXTENSION] = JobsService(settings, redis, predictor, executor)
+    app.extensions[EXTENSION] = BulkService(settings, redis, resolver, executor)
     app.add_url_rule("/jobs", "jobs_create", _create, methods=["POST"])
     app.add_url_rule("/jobs/<job_id>", "jobs_status", _status, methods=["GET"])
     app.add_url_rule("/jobs/<job_id>/retry", "jobs_retry", _retry, methods=["POST"])
     app.add_url_rule("/jobs/<job_id>/cancel", "jobs_cancel", _cancel, methods=["POST"])
 
 
-def _service() -> JobsService:
+def _service() -> BulkService:
     return current_app.extensions[EXTENSION]
 
 

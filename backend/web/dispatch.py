@@ -26,10 +26,11 @@ from rq import Queue, Retry
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from . import presence
-from .errors import EngineUnavailableError, QueueUnavailableError
-from .jobspec import JOB_FUNCTION, RUNTIME_LOADER
-from .settings import Settings
+from .. import presence
+from ..contracts.predict import JOB_FUNCTION, RUNTIME_LOADER
+from ..errors import EngineUnavailableError, QueueUnavailableError
+from ..keys import RedisKeys
+from ..settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +95,11 @@ class RedisDispatcher(Dispatcher):
     def __init__(self, settings: Settings) -> None:
         assert settings.redis_url
         self._settings = settings
+        self._keys = RedisKeys(settings.queue_name)
         self.redis = Redis.from_url(settings.redis_url, socket_connect_timeout=1.0, socket_timeout=5.0)
         # /health must answer within Label Studio's 1 s even when Redis hangs.
         self._fast_redis = Redis.from_url(settings.redis_url, socket_connect_timeout=0.3, socket_timeout=0.4)
-        self.queue = Queue(settings.queue_name, connection=self.redis, serializer=JSONSerializer)
+        self.queue = Queue(self._keys.predict_queue, connection=self.redis, serializer=JSONSerializer)
 
     def run(self, payloads: Sequence[dict[str, Any]], deadline: float) -> list[ChunkOutcome]:
         try:
@@ -180,7 +182,7 @@ class RedisDispatcher(Dispatcher):
         address = _redis_address(self._settings.redis_url)
         try:
             self._fast_redis.ping()
-            workers = presence.alive(self._fast_redis, self._settings.queue_name)
+            workers = presence.alive(self._fast_redis, self._keys)
         except RedisError as e:
             return {
                 "ready": False,
@@ -202,7 +204,7 @@ class RedisDispatcher(Dispatcher):
 
     def worker_count(self) -> int:
         try:
-            return len(presence.alive(self._fast_redis, self._settings.queue_name))
+            return len(presence.alive(self._fast_redis, self._keys))
         except RedisError:
             return 0
 

@@ -15,6 +15,8 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import RedisError
 
+from ..keys import RedisKeys
+
 log = logging.getLogger(__name__)
 
 # Redis entries expire after a week without /setup.
@@ -30,18 +32,18 @@ class ProjectContext:
 
 
 class ProjectStore:
-    def __init__(self, redis: Redis | None = None, queue_name: str = "tagclip") -> None:
+    def __init__(self, redis: Redis | None = None, keys: RedisKeys | None = None) -> None:
         self._memory: dict[str, ProjectContext] = {}
         self._lock = threading.Lock()
         self._redis = redis
-        self._prefix = f"tagclip:{queue_name}:project:"
+        self._keys = keys or RedisKeys("tagclip")
 
     def put(self, project: str, context: ProjectContext) -> None:
         with self._lock:
             self._memory[project] = context
         if self._redis is not None:
             try:
-                self._redis.set(self._prefix + project, json.dumps(asdict(context)), ex=PROJECT_TTL_SECONDS)
+                self._redis.set(self._keys.project(project), json.dumps(asdict(context)), ex=PROJECT_TTL_SECONDS)
             except RedisError as e:
                 log.debug("project %s: not stored in Redis: %s", project, e)
 
@@ -49,7 +51,7 @@ class ProjectStore:
         """Redis first (another process may have seen a newer /setup), memory when Redis fails."""
         if self._redis is not None:
             try:
-                raw = self._redis.get(self._prefix + project)
+                raw = self._redis.get(self._keys.project(project))
             except RedisError as e:
                 log.debug("project %s: Redis lookup failed: %s", project, e)
             else:

@@ -22,7 +22,8 @@ from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from backend.bulk.state import BulkStore, bulk_queue_name
+from backend.bulk.state import BulkStore
+from backend.keys import RedisKeys
 
 from .stack import ROOT, LabelStudio, Process, png_bytes, wait_until
 
@@ -132,13 +133,14 @@ def parse_status(stdout: str, stderr: str = "") -> dict:
 
 def store_and_queue(redis_url: str, queue_name: str) -> tuple[BulkStore, Queue]:
     redis = Redis.from_url(redis_url)
-    return BulkStore(redis, queue_name), Queue(bulk_queue_name(queue_name), connection=redis, serializer=JSONSerializer)
+    keys = RedisKeys(queue_name)
+    return BulkStore(redis, keys), Queue(keys.bulk_queue, connection=redis, serializer=JSONSerializer)
 
 
 def forget_bulk_state(redis_url: str, queue_name: str) -> None:
     """Delete a test queue's bulk job state (kept 30 days otherwise)."""
     redis = Redis.from_url(redis_url)
-    for key in redis.scan_iter(f"tagclip:{queue_name}:bulk:*", count=1000):
+    for key in redis.scan_iter(f"{RedisKeys(queue_name).prefix}:bulk:*", count=1000):
         redis.delete(key)
 
 

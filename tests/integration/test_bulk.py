@@ -30,8 +30,8 @@ from backend.bulk.planner import BulkPlanner, BulkRequest
 from backend.bulk.status import job_status
 from backend.bulk.verify import verify_job
 from backend.errors import BulkSetupError
-from backend.fetch import Source
-from backend.lsapi import LabelStudioClient
+from backend.labelstudio.auth import Source
+from backend.labelstudio.client import LabelStudioClient
 from backend.settings import Settings
 from tagclip_cli.review import floor_threshold
 
@@ -181,12 +181,7 @@ def _planner(workers, label_studio) -> BulkPlanner:
 
 
 def _follow(planner: BulkPlanner, job: str, timeout: float = 180) -> dict:
-    from rq import Queue
-    from rq.serializers import JSONSerializer
-
-    from backend.bulk.state import bulk_queue_name
-
-    queue = Queue(bulk_queue_name(planner.settings.queue_name), connection=planner.redis, serializer=JSONSerializer)
+    queue = planner.queue
     return wait_until(
         lambda: (lambda s: s if s["state"] == "done" else None)(job_status(planner.store, queue, job)),
         timeout,
@@ -207,7 +202,7 @@ def test_predictions_stored_by_a_killed_worker_are_found_not_written_twice(label
     for task in landed:
         body = {"task": task, "result": [], "score": 0.0, "model_version": version}
         stored_before[task] = label_studio.api("POST", "/api/predictions", json=body).json()["id"]
-    ledger = Ledger(planner.redis, planner.settings.queue_name, project.id, version)
+    ledger = Ledger(planner.redis, planner.keys, project.id, version)
     ghost = owner_name("killed-worker", 999999)
     assert ledger.claim(landed, ghost, lease=3600).claimed == landed
     started = planner.start(prepared)

@@ -14,6 +14,7 @@ import redis
 from backend import presence
 from backend.bulk.ledger import Ledger, owner_name
 from backend.bulk.method import PROBE_EVERY, PROBE_TASKS, WriteCosts
+from backend.keys import RedisKeys
 
 pytestmark = pytest.mark.integration
 
@@ -22,15 +23,15 @@ pytestmark = pytest.mark.integration
 def ledger(redis_url):
     connection = redis.Redis.from_url(redis_url)
     queue = f"tagclip-it-ledger-{uuid.uuid4().hex[:8]}"
-    yield Ledger(connection, queue, project=5, model_version="tagclip-test")
-    for key in connection.scan_iter(f"tagclip:{queue}:*"):
+    yield Ledger(connection, RedisKeys(queue), project=5, model_version="tagclip-test")
+    for key in connection.scan_iter(f"{RedisKeys(queue).prefix}:*"):
         connection.delete(key)
 
 
 def test_claims_are_exclusive_until_confirmed_or_released(ledger):
-    presence.beat(ledger.redis, ledger.queue_name, "alive", {"pid": 42}, interval=30)
+    presence.beat(ledger.redis, ledger.keys, "alive", {"pid": 42}, interval=30)
     me = owner_name("alive", 42)
-    presence.beat(ledger.redis, ledger.queue_name, "alive2", {"pid": 43}, interval=30)
+    presence.beat(ledger.redis, ledger.keys, "alive2", {"pid": 43}, interval=30)
     other = owner_name("alive2", 43)
     first = ledger.claim([1, 2, 3], me)
     assert first.claimed == [1, 2, 3] and not first.busy
@@ -46,11 +47,11 @@ def test_claims_are_exclusive_until_confirmed_or_released(ledger):
 def test_claims_of_dead_owners_and_lapsed_leases_are_taken_over(ledger):
     ghost = owner_name("gone", 1)  # no presence entry: its worker is dead
     assert ledger.claim([7], ghost).claimed == [7]
-    presence.beat(ledger.redis, ledger.queue_name, "alive", {"pid": 42}, interval=30)
+    presence.beat(ledger.redis, ledger.keys, "alive", {"pid": 42}, interval=30)
     me = owner_name("alive", 42)
     assert ledger.claim([7], me).claimed == [7]
     # A live owner's claim holds until its lease lapses; claim_waiting waits for that.
-    presence.beat(ledger.redis, ledger.queue_name, "alive2", {"pid": 43}, interval=30)
+    presence.beat(ledger.redis, ledger.keys, "alive2", {"pid": 43}, interval=30)
     other = owner_name("alive2", 43)
     assert ledger.claim([8], me, lease=1.0).claimed == [8]
     started = time.monotonic()
@@ -62,8 +63,8 @@ def test_claims_of_dead_owners_and_lapsed_leases_are_taken_over(ledger):
 
 
 def test_waiting_ends_when_the_holder_confirms(ledger):
-    presence.beat(ledger.redis, ledger.queue_name, "a", {"pid": 1}, interval=30)
-    presence.beat(ledger.redis, ledger.queue_name, "b", {"pid": 2}, interval=30)
+    presence.beat(ledger.redis, ledger.keys, "a", {"pid": 1}, interval=30)
+    presence.beat(ledger.redis, ledger.keys, "b", {"pid": 2}, interval=30)
     holder, waiter = owner_name("a", 1), owner_name("b", 2)
     ledger.claim([10, 11], holder)
     threading.Timer(0.6, ledger.confirm, args=([10, 11],)).start()
@@ -80,7 +81,7 @@ def test_forgetting_done_marks_leaves_claims(ledger):
 
 
 def test_auto_write_method_measures_both_then_takes_the_cheaper_and_probes(ledger):
-    costs = WriteCosts(ledger.redis, ledger.queue_name, project=5)
+    costs = WriteCosts(ledger.redis, ledger.keys, project=5)
     assert costs.plan("single", 64) == [("single", 64)]  # an explicit method is kept
     assert costs.plan("auto", 0) == []
     assert costs.plan("auto", 64) == [("import", 64)]  # no estimate yet: the import first
@@ -102,15 +103,16 @@ def test_auto_write_method_measures_both_then_takes_the_cheaper_and_probes(ledge
 
 def test_a_chunk_of_a_cancelled_job_is_skipped_without_predicting(redis_url):
     """A worker that takes a chunk just as its job is cancelled skips it: no prediction, no write, no start."""
-    from backend.bulk.chunk import run_chunk
-    from backend.bulk.payload import BulkChunk, BulkTask, build_payload
     from backend.bulk.state import BulkStore
-    from backend.fetch import Source
+    from backend.contracts.bulk import BulkChunk, BulkTask, build_payload
+    from backend.labelstudio.auth import Source
+    from backend.resolve import Resolver
     from backend.settings import Settings
+    from worker.bulk import run_chunk
 
     connection = redis.Redis.from_url(redis_url)
     queue = f"tagclip-it-cancel-{uuid.uuid4().hex[:8]}"
-    store = BulkStore(connection, queue)
+    store = BulkStore(connection, RedisKeys(queue))
     job = store.create({"project": 3, "model_version": "tagclip-x"})
     chunk = BulkChunk(
         job=job,
@@ -124,14 +126,15 @@ def test_a_chunk_of_a_cancelled_job_is_skipped_without_predicting(redis_url):
         tasks=(BulkTask(7, {"image": "/data/upload/1/a.png"}),),
     )
 
-    def predict(_payload):
+    def predict(_spec):
         raise AssertionError("a cancelled job's chunk must not be predicted")
 
     try:
         store.mark_cancelled(job)
-        summary = run_chunk(build_payload(chunk), predict, connection, Settings.from_env({}), owner_name("w", 1))
+        resolver = Resolver(Settings.from_env({}))
+        summary = run_chunk(build_payload(chunk), predict, connection, resolver, owner_name("w", 1))
         assert summary["skipped"] == "cancelled" and summary["job"] == job
         assert "started_at" not in store.info(job) and store.cancelled_at(job) is not None
     finally:
-        for key in connection.scan_iter(f"tagclip:{queue}:*"):
+        for key in connection.scan_iter(f"{RedisKeys(queue).prefix}:*"):
             connection.delete(key)

@@ -7,7 +7,8 @@ import pytest
 import requests
 
 from backend.errors import DownloadError, LabelStudioAuthError
-from backend.fetch import FetchLimits, ImageFetcher, LabelStudioAuth, Source, is_jwt
+from backend.fetch import FetchLimits, ImageFetcher
+from backend.labelstudio.auth import LabelStudioAuth, Source, is_jwt
 
 from .stack import image_files
 

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from backend.app import create_app
 from backend.settings import Settings
+from backend.web.app import create_app
 from tests.fixtures.http_server import serve_directory
 from tests.integration.stack import CORRUPT_PNG, png_bytes
 

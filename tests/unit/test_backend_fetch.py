@@ -10,7 +10,8 @@ import pytest
 import requests
 
 from backend.errors import DownloadError, DownloadTooLargeError, ImageSourceError
-from backend.fetch import FetchLimits, ImageFetcher, LabelStudioAuth, Source, is_jwt, jwt_expiry, redact
+from backend.fetch import FetchLimits, ImageFetcher, redact
+from backend.labelstudio.auth import LabelStudioAuth, Source, is_jwt, jwt_expiry
 from tests.fixtures.http_server import serve_directory
 
 pytestmark = pytest.mark.unit

@@ -10,7 +10,7 @@ import pytest
 from label_studio_sdk.converter.brush import decode_rle
 from label_studio_sdk.label_interface import LabelInterface
 
-from backend.app import create_app
+from backend.web.app import create_app
 from tests.fixtures.http_server import serve_directory
 from tests.fixtures.mask_configs import mask_config
 from tests.integration.stack import png_bytes

@@ -104,3 +104,38 @@ def test_records_take_the_latest_submitted_annotation_with_image_reference_and_m
     assert segment["category_id"] == names[("mask", "Cat")] and segment["area"] == 300
     assert np.array_equal(decode_coco_rle(segment["segmentation"]), mask)
     assert box["category_id"] == names[("box", "Dog")] and box["bbox"] == [6.0, 8.0, 30.0, 10.0] and box["area"] == 300
+
+
+def test_labels_come_from_the_backend_reading_of_the_config():
+    """A leafsOnly taxonomy has only its leaves as labels (as the backend predicts them), and the record's image
+    is the Image object's, even when another object with a $value comes first."""
+    config = (
+        '<View><Text name="caption" value="$caption"/><Image name="image" value="$image"/>'
+        '<Taxonomy name="kind" toName="image" leafsOnly="true">'
+        '<Choice value="Animal"><Choice value="Pet"/><Choice value="Wild"/></Choice></Taxonomy></View>'
+    )
+    parsed = read_config(config)
+    (control,) = parsed.controls
+    assert control.labels == ("Animal > Pet", "Animal > Wild")
+    task = {
+        "id": 1,
+        "data": {"caption": "a caption", "image": "/data/upload/1/a.png"},
+        "annotations": [{"id": 5, "result": [], "updated_at": "2026-01-01"}],
+    }
+    (row,) = records([task], parsed)
+    assert row["image"] == "/data/upload/1/a.png" and row["images"] == {"image": "/data/upload/1/a.png"}
+    coco = to_coco([row], parsed)
+    assert [c["name"] for c in coco["categories"]] == ["Animal > Pet", "Animal > Wild"]
+
+
+def test_coco_skips_a_tag_no_longer_in_the_config():
+    mask = np.zeros((4, 6), dtype=bool)
+    tasks = _snapshot(mask)
+    tasks[0]["annotations"][1]["result"][0]["value"]["choices"] = ["Cat", "Hamster"]  # Hamster was removed
+    rows = records(tasks, read_config(CONFIG))
+    coco = to_coco(rows, read_config(CONFIG))
+    names = {c["id"]: (c["supercategory"], c["name"]) for c in coco["categories"]}
+    assert sorted(names[x["category_id"]] for x in coco["image_labels"]) == [
+        ("kind", "Animal > Pet"),
+        ("tags", "Cat"),
+    ]

@@ -13,7 +13,7 @@ from backend.converters.base import ClassDef, ControlOutput, ControlPlan, select
 from tagclip_cli.dataset import read_config
 from tagclip_cli.report import format_report, improving_thresholds, with_thresholds
 from tagclip_cli.report_html import render
-from tagclip_cli.review import average_precision, best_threshold, build_report, floor_threshold
+from tagclip_cli.review import best_threshold, build_report, floor_threshold, label_ap
 
 pytestmark = pytest.mark.unit
 
@@ -109,15 +109,16 @@ def test_report_uses_the_given_version_and_ignores_unreviewed_and_cancelled():
     assert build_report(tasks, read_config(CONFIG), "old").compared == 1
 
 
-def test_average_precision_equals_tagclip_core():
+def test_label_ap_is_tagclip_core_average_precision_per_label():
     from tagclip_core.metrics import average_precision as reference
 
     rng = np.random.default_rng(0)
     scores = rng.random((40, 6)).round(2)  # rounding makes ties
     labels = rng.random((40, 6)) < 0.3
+    labels[:, 5] = False  # a label without positives has no AP
     expected = reference(scores, labels)
     for j in range(6):
-        ours = average_precision(scores[:, j], labels[:, j])
+        ours = label_ap(scores[:, j], labels[:, j])
         assert (ours is None and np.isnan(expected[j])) or ours == pytest.approx(expected[j], abs=1e-12)
 
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from backend.app import create_app
-from backend.bulk.payload import BulkChunk, BulkTask, build_payload, parse_payload
-from backend.bulk.planner import BulkRequest
-from backend.bulk.version import project_extra_params, resolve_version, versions_predictor
+from backend.bulk.planner import BulkRequest, project_extra_params
+from backend.contracts.bulk import BulkChunk, BulkTask, build_payload, parse_payload
 from backend.converters import LABEL_SCORES_KEY, task_regions
 from backend.errors import BulkSetupError, PayloadError
-from backend.fetch import Source
+from backend.labelstudio.auth import Source
+from backend.resolve import Resolver
 from backend.settings import Settings
-from tests.unit.test_backend_layers import run as run_without_torch
+from backend.web.app import create_app
+from tests.unit.test_layers import run_without_torch
 
 pytestmark = pytest.mark.unit
 
@@ -79,12 +79,11 @@ def test_version_is_the_one_setup_reports(tiny_checkpoint):
     app = create_app(settings)
     for extra in ({}, {"background": "coco", "threshold": 0.2}):
         setup = app.test_client().post("/setup", json={"project": "3.1", "schema": CONFIG, "extra_params": extra})
-        assert resolve_version(versions_predictor(settings), CONFIG, extra).model_version == setup.json["model_version"]
+        assert Resolver(settings).resolve(CONFIG, extra).model_version == setup.json["model_version"]
 
 
 def test_outputs_become_regions_with_every_label_score():
-    predictor = versions_predictor(Settings())
-    plan = resolve_version(predictor, CONFIG, {}).parsed.plan
+    plan = Resolver(Settings()).resolve(CONFIG, {}).plan
     outputs = {"tags": {"labels": ["Cat", "Dog"], "scores": [0.7, 0.2], "tags": ["Cat"]}}
     (region,) = task_regions(outputs, plan.controls)
     assert region["value"] == {"choices": ["Cat"]} and region["score"] == 0.7
@@ -110,7 +109,8 @@ def test_jobs_create_validates_its_body():
 
 def test_bulk_path_and_review_commands_import_no_torch():
     code = """
-import backend.app, backend.jobs_api, backend.bulk.planner, backend.bulk.status, backend.bulk.chunk, backend.bulk.verify
+import backend.web.app, backend.web.bulk_routes, backend.bulk.planner, backend.bulk.status, backend.bulk.verify
+import backend.bulk.maintenance, backend.bulk.cancel
 import tagclip_cli.preannotate, tagclip_cli.export, tagclip_cli.report, tagclip_cli.review, tagclip_cli.report_html
 from tagclip_cli.main import main
 import contextlib, io

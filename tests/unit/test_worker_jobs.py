@@ -8,9 +8,9 @@ import json
 
 import pytest
 
+from backend.contracts.predict import build_payloads, chunk_size_for
 from backend.errors import ModelMismatchError, PayloadError
-from backend.fetch import Source
-from backend.jobspec import build_payloads, chunk_size_for
+from backend.labelstudio.auth import Source
 from tests.fixtures.http_server import serve_directory
 from tests.integration.stack import CORRUPT_PNG, png_bytes
 from worker.jobs import predict_chunk

@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 
+from backend.contracts.predict import MASKS_SCHEMA, SCHEMA, build_payloads, parse_payload
 from backend.errors import PayloadError
-from backend.fetch import Source
-from backend.jobspec import MASKS_SCHEMA, SCHEMA, build_payloads, parse_payload
 from backend.labelconfig import parse_label_config
+from backend.labelstudio.auth import Source
 from tagclip_core import ClassSpec
 from tagclip_core.config import MaskConfig
 from tagclip_core.geometry import rle_decode

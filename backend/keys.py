@@ -1,0 +1,80 @@
+"""Every Redis key and RQ queue name of one TAGCLIP_QUEUE, built in one place (as rq's `Job.key_for`).
+
+<queue>                                   RQ queue of interactive /predict jobs
+<queue>-bulk                              RQ queue of bulk pre-annotation chunks (taken after /predict jobs)
+tagclip:<queue>:project:<project>         what /setup said about a project (backend.web.projects)
+tagclip:<queue>:workers                   sorted set: live worker -> expiry (backend.presence)
+tagclip:<queue>:worker:<name>             a live worker's info
+tagclip:<queue>:bulk:job:<id>[:<part>]    a bulk job's state (backend.bulk.state; parts in BULK_JOB_PARTS)
+tagclip:<queue>:bulk:live                 set: bulk jobs that have not ended (what maintenance looks at)
+tagclip:<queue>:bulk:active:<project>:<version>   the bulk job taking on tasks for a project and version
+tagclip:<queue>:bulk:latest:<project>:<version>   the newest bulk job of a project and version
+tagclip:<queue>:bulk:ledger:<project>:<version>   per-task write claims (backend.bulk.ledger)
+tagclip:<queue>:bulk:costs:<project>      write-back method costs (backend.bulk.method)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The parts of a bulk job's state besides its main hash (backend.bulk.state says what each holds).
+BULK_JOB_PARTS = ("tasks", "done", "recovered", "failed", "chunks", "progress", "cancelled")
+
+
+@dataclass(frozen=True)
+class RedisKeys:
+    """The key names of one queue's state."""
+
+    # TAGCLIP_QUEUE: the RQ queue name, also the namespace of every key here.
+    queue: str
+
+    @property
+    def prefix(self) -> str:
+        return f"tagclip:{self.queue}"
+
+    # --- RQ queues ---
+    @property
+    def predict_queue(self) -> str:
+        return self.queue
+
+    @property
+    def bulk_queue(self) -> str:
+        return f"{self.queue}-bulk"
+
+    # --- the web process ---
+    def project(self, project: str) -> str:
+        return f"{self.prefix}:project:{project}"
+
+    # --- workers ---
+    @property
+    def workers(self) -> str:
+        return f"{self.prefix}:workers"
+
+    def worker(self, name: str) -> str:
+        return f"{self.prefix}:worker:{name}"
+
+    # --- bulk pre-annotation ---
+    def bulk_job(self, job: str, part: str = "") -> str:
+        if part and part not in BULK_JOB_PARTS:
+            raise ValueError(f"unknown bulk job part {part!r}; one of {BULK_JOB_PARTS}")
+        return f"{self.prefix}:bulk:job:{job}" + (f":{part}" if part else "")
+
+    def bulk_job_keys(self, job: str) -> list[str]:
+        """Every key of one bulk job's state."""
+        return [self.bulk_job(job)] + [self.bulk_job(job, part) for part in BULK_JOB_PARTS]
+
+    @property
+    def bulk_live(self) -> str:
+        return f"{self.prefix}:bulk:live"
+
+    def bulk_active(self, project: int, version: str) -> str:
+        return f"{self.prefix}:bulk:active:{project}:{version}"
+
+    def bulk_latest(self, project: int, version: str) -> str:
+        return f"{self.prefix}:bulk:latest:{project}:{version}"
+
+    def ledger(self, project: int, version: str) -> str:
+        return f"{self.prefix}:bulk:ledger:{project}:{version}"
+
+    def write_costs(self, project: int) -> str:
+        return f"{self.prefix}:bulk:costs:{project}"
