@@ -14,6 +14,9 @@ Deliberate deviations from the reference (which calls `Image.open` and `np.array
 - Alpha is kept: the engine resizes "RGBA" with its alpha and drops it afterwards, as the reference does.
 ICC colour profiles are ignored, as in the reference.
 
+Only raster photo formats are opened (IMAGE_FORMATS): Pillow never tries EPS/PS (which would run Ghostscript
+where it is installed), PDF, ICNS or its other plugins on untrusted bytes.
+
 No process-wide state is touched: `ImageFile.LOAD_TRUNCATED_IMAGES` stays off (a truncated file raises
 `ImageLoadError`) and `Image.MAX_IMAGE_PIXELS` is left alone; the pixel limit is checked here on the
 header size before decoding. Pillow's own bomb check still runs inside `Image.open`: it warns above
@@ -33,7 +36,16 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import (  # noqa: F401 - importing a plugin registers its format, and only these are opened
+    BmpImagePlugin,
+    GifImagePlugin,
+    Image,
+    ImageOps,
+    JpegImagePlugin,
+    PngImagePlugin,
+    TiffImagePlugin,
+    WebPImagePlugin,
+)
 
 from .errors import ImageLoadError, ImageTooLargeError
 
@@ -51,6 +63,10 @@ _DECODE_ERRORS = (
     KeyError,
     ZeroDivisionError,
 )
+
+# The formats Pillow may identify and decode (Pillow's format names); anything else is refused unread. JPEG's
+# opener also returns multi-picture JPEGs (MPO, as phone cameras write them).
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP")
 
 _OUTPUT_MODES = ("RGB", "RGBA", "L")
 _UINT16_MAX = 65535
@@ -174,11 +190,11 @@ def _read_stream(stream: BinaryIO, limits: ImageLimits, label: str) -> bytes:
 def _decode(data: bytes, limits: ImageLimits, label: str) -> Image.Image:
     """Open, check the header size against the limit, then decode every pixel of the first frame."""
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
     except Image.DecompressionBombError as e:
         raise ImageTooLargeError(f"{label}: {e}") from e
     except Image.UnidentifiedImageError as e:
-        raise ImageLoadError(f"{label}: not a recognised image format") from e
+        raise ImageLoadError(f"{label}: not an image in a supported format ({', '.join(IMAGE_FORMATS)})") from e
     except _DECODE_ERRORS as e:
         raise ImageLoadError(f"{label}: cannot read image header: {e}") from e
     width, height = image.size

@@ -126,7 +126,7 @@ def test_killed_command_and_worker_end_with_exactly_one_prediction_per_task(
     # No task was enqueued twice: the rerun added nothing the job had (80 tasks in chunks of 4).
     assert status["chunks"] == {"queued": 0, "running": 0, "finished": N_TASKS // CHUNK, "failed": 0, "cancelled": 0}
     assert {f["task"] for f in status["failed_tasks"]} == set(project.corrupt)
-    assert all("not a recognised image format" in f["reason"] for f in status["failed_tasks"])
+    assert all("not an image in a supported format" in f["reason"] for f in status["failed_tasks"])
     assert status["verify"]["duplicates_removed"] == 0 and status["verify"]["missing"] == []
     assert_exactly_one(label_studio, project, run["version"], project.good)
     # RQ ran the killed chunk again on another worker.

@@ -71,9 +71,40 @@ def test_directory_is_refused(tmp_path: Path) -> None:
 def test_non_image_is_refused(tmp_path: Path, payload: bytes) -> None:
     path = tmp_path / "fake.jpg"
     path.write_bytes(payload)
-    with pytest.raises(ImageLoadError, match="not a recognised image format") as info:
+    with pytest.raises(ImageLoadError, match="not an image in a supported format") as info:
         load_image(path)
     assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("fmt", ["EPS", "ICO", "PCX", "TGA", "PPM", "SGI", "DDS"])
+def test_only_photo_formats_are_opened(fmt: str) -> None:
+    """Formats outside IMAGE_FORMATS are refused before any plugin decodes them (EPS would run Ghostscript)."""
+    buffer = io.BytesIO()
+    Image.fromarray(_noise_rgb(16, 16)).save(buffer, format=fmt)
+    assert Image.open(io.BytesIO(buffer.getvalue())).format == fmt  # Pillow itself would open it
+    with pytest.raises(ImageLoadError, match="not an image in a supported format"):
+        load_image(buffer.getvalue())
+
+
+def test_a_postscript_file_never_reaches_ghostscript(monkeypatch) -> None:
+    import subprocess
+
+    def no_subprocess(*args, **kwargs):
+        raise AssertionError(f"a subprocess was started: {args}")
+
+    monkeypatch.setattr(subprocess, "Popen", no_subprocess)
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nnewpath 0 0 moveto showpage\n%%EOF\n"
+    with pytest.raises(ImageLoadError, match="not an image in a supported format"):
+        load_image(eps)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP", "MPO"])
+def test_photo_formats_decode(fmt: str) -> None:
+    buffer = io.BytesIO()
+    first, second = Image.fromarray(_noise_rgb(16, 24)), Image.fromarray(_noise_rgb(16, 24))
+    first.save(buffer, format=fmt, **({"save_all": True, "append_images": [second]} if fmt == "MPO" else {}))
+    assert Image.open(io.BytesIO(buffer.getvalue())).format == fmt
+    assert load_image(buffer.getvalue()).size == (24, 16)
 
 
 def test_corrupt_png_data_is_refused(tmp_path: Path) -> None:
@@ -212,11 +243,11 @@ def test_sixteen_bit_png_is_scaled_by_its_range(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.asarray(loaded.image), [[0, 0, 1, 128, 255]])
 
 
-def test_sixteen_bit_pgm_in_mode_i_is_scaled_as_16_bit(tmp_path: Path) -> None:
-    values = np.array([[0, 4096, 32768, 65535]], dtype=np.uint16)
-    path = _save(Image.fromarray(values), tmp_path / "grey16.pgm")
+def test_sixteen_bit_values_in_mode_i_are_scaled_as_16_bit(tmp_path: Path) -> None:
+    values = np.array([[0, 4096, 32768, 65535]], dtype=np.int32)
+    path = _save(Image.fromarray(values, mode="I"), tmp_path / "grey16.tif")
     loaded = read_image(path)
-    assert loaded.source_mode == "I"  # how Pillow opens 16-bit PGM
+    assert loaded.source_mode == "I"  # 32-bit integer pixels holding 16-bit values
     np.testing.assert_array_equal(np.asarray(loaded.image), [[0, 16, 128, 255]])
 
 
