@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 
 from .errors import UsageError
 
@@ -61,11 +60,10 @@ def run(args: argparse.Namespace) -> int:
                 self.cfg.set(key, value)
 
         def load(self):
+            from backend.logging_setup import configure_logging
             from backend.web.app import create_app
 
-            logging.basicConfig(
-                level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-            )
+            configure_logging(settings.log_level)
             return create_app(settings)
 
     BackendApplication().run()

@@ -33,6 +33,7 @@ from backend.bulk.maintenance import maintain_live_jobs
 from backend.bulk.state import BulkStore
 from backend.errors import SettingsError
 from backend.keys import RedisKeys
+from backend.logging_setup import configure_logging
 from backend.settings import Settings
 
 from .runtime import Runtime
@@ -183,10 +184,6 @@ def run_worker(settings: Settings, name: str | None = None, burst: bool = False)
     finally:
         runtime.close()
     return 0
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def main(environ: dict[str, str] | None = None, name: str | None = None, burst: bool = False) -> int:

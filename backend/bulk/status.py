@@ -20,6 +20,7 @@ from rq import Queue
 from rq.job import Job, JobStatus
 
 from ..contracts.bulk import WriteMethod
+from ..redaction import scrub
 from .state import BulkState, BulkStore, ChunkEnd
 
 # Seconds of recent progress the rate is computed over.
@@ -168,7 +169,7 @@ def failure_text(queue: Queue, rq_id: str, status: str | None) -> str:
         lines = (result.exc_string or "").strip().splitlines() if result is not None else []
     except Exception:  # the job's data may have expired; the status alone still explains it
         lines = []
-    return f"chunk {status} after its retries: {lines[-1] if lines else status}"
+    return scrub(f"chunk {status} after its retries: {lines[-1] if lines else status}")
 
 
 def _settled(info: Mapping[str, str], end: ChunkEnd) -> int:

@@ -30,6 +30,7 @@ from .. import presence
 from ..contracts.predict import JOB_FUNCTION, RUNTIME_LOADER
 from ..errors import EngineUnavailableError, QueueUnavailableError
 from ..keys import RedisKeys
+from ..redaction import scrub
 from ..settings import Settings
 
 log = logging.getLogger(__name__)
@@ -168,7 +169,7 @@ class RedisDispatcher(Dispatcher):
         except RedisError:
             text = []
         last = text[-1] if text else status
-        return f"job {job.id} {status}: {last}"
+        return scrub(f"job {job.id} {status}: {last}")
 
     def _give_up(self, jobs: list[Job]) -> None:
         for job in jobs:
@@ -290,7 +291,7 @@ class EmbeddedDispatcher(Dispatcher):
                 outcomes.append(ChunkOutcome())
             elif future.exception() is not None:
                 e = future.exception()
-                outcomes.append(ChunkOutcome(error=f"{type(e).__name__}: {e}"))
+                outcomes.append(ChunkOutcome(error=scrub(f"{type(e).__name__}: {e}")))
             else:
                 outcomes.append(ChunkOutcome(result=future.result()))
         return outcomes
