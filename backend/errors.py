@@ -73,6 +73,10 @@ class DownloadError(ImageFetchError):
     """The download failed: HTTP error status, connection error or timeout."""
 
 
+class DownloadRefusedError(DownloadError):
+    """The address policy refused the URL (a non-public address that is not allowed); the task fails for good."""
+
+
 class DownloadTooLargeError(DownloadError):
     """The image is larger than MAX_DOWNLOAD_BYTES."""
 

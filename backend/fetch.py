@@ -2,7 +2,8 @@
 Studio's resolve (presign) endpoint. Bounded in size and time. No torch here; the worker calls it.
 
 The Label Studio key (backend.labelstudio.auth) is only ever sent to the Label Studio origin, never to
-other hosts, nor after a redirect to one.
+other hosts, nor after a redirect to one. Every hop of a download obeys backend.netpolicy: untrusted hosts must
+resolve to public addresses.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 import requests
 import urllib3
 
-from .errors import DownloadError, DownloadTooLargeError, ImageSourceError, LabelStudioAuthError
+from .errors import DownloadError, DownloadRefusedError, DownloadTooLargeError, ImageSourceError, LabelStudioAuthError
 from .labelstudio.auth import LabelStudioAuth, Source, is_jwt, origin
+from .netpolicy import REFUSED, AddressPolicy, GuardedSessions, is_refusal
+from .redaction import scrub
 
 # URI schemes Label Studio resolves through its cloud storages.
 CLOUD_SCHEMES = ("s3", "gs", "azure-blob", "azure-spi")
@@ -41,8 +44,8 @@ def redact(url: str) -> str:
 class ImageFetcher:
     """Downloads one image reference to bytes, within `limits`."""
 
-    def __init__(self, session: requests.Session, auth: LabelStudioAuth, limits: FetchLimits) -> None:
-        self._session = session
+    def __init__(self, sessions: GuardedSessions, auth: LabelStudioAuth, limits: FetchLimits) -> None:
+        self._sessions = sessions
         self._auth = auth
         self._limits = limits
 
@@ -96,7 +99,7 @@ class ImageFetcher:
             if remaining <= 0:
                 raise DownloadError(f"GET {redact(url)} timed out after {self._limits.timeout:g} s")
             try:
-                response = self._session.get(
+                response = self._sessions.for_url(url).get(
                     url,
                     headers=self._headers(url, source),
                     stream=True,
@@ -104,7 +107,9 @@ class ImageFetcher:
                     timeout=(min(5.0, remaining), remaining),
                 )
             except requests.RequestException as e:
-                raise DownloadError(f"GET {redact(url)} failed: {type(e).__name__}: {e}") from e
+                if is_refusal(e):
+                    raise DownloadRefusedError(f"GET {redact(url)} {REFUSED}") from e
+                raise DownloadError(f"GET {redact(url)} failed: {type(e).__name__}: {scrub(str(e))}") from e
             with response:
                 if response.is_redirect:
                     location = response.headers.get("Location", "")
@@ -138,15 +143,16 @@ class ImageFetcher:
                 if time.monotonic() > deadline:
                     raise DownloadError(f"GET {redact(url)} timed out after {self._limits.timeout:g} s")
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
-            raise DownloadError(f"GET {redact(url)} broke off: {type(e).__name__}: {e}") from e
+            raise DownloadError(f"GET {redact(url)} broke off: {type(e).__name__}: {scrub(str(e))}") from e
         if not body:
             raise DownloadError(f"GET {redact(url)} returned an empty body")
         return bytes(body)
 
 
-def make_session(pool_size: int) -> requests.Session:
-    session = requests.Session()
-    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=max(4, pool_size), max_retries=0)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
+def make_fetcher(
+    limits: FetchLimits, label_studio_url: str | None, allowed_hosts: tuple[str, ...], pool_size: int = 4
+) -> ImageFetcher:
+    """An image fetcher whose downloads (and Label Studio token refreshes) obey the address policy:
+    `label_studio_url`'s host and `allowed_hosts` on any address, everything else only on public ones."""
+    sessions = GuardedSessions(AddressPolicy.of(label_studio_url, allowed_hosts), pool_size)
+    return ImageFetcher(sessions, LabelStudioAuth(sessions.for_url), limits)

@@ -7,9 +7,10 @@ tagclip:<queue>:workers                   sorted set: live worker -> expiry (bac
 tagclip:<queue>:worker:<name>             a live worker's info
 tagclip:<queue>:bulk:job:<id>[:<part>]    a bulk job's state (backend.bulk.state; parts in BULK_JOB_PARTS)
 tagclip:<queue>:bulk:live                 set: bulk jobs that have not ended (what maintenance looks at)
-tagclip:<queue>:bulk:active:<project>:<version>   the bulk job taking on tasks for a project and version
-tagclip:<queue>:bulk:latest:<project>:<version>   the newest bulk job of a project and version
-tagclip:<queue>:bulk:ledger:<project>:<version>   per-task write claims (backend.bulk.ledger)
+tagclip:<queue>:bulk:active:<studio>:<project>:<version>   the bulk job taking on tasks for a project and version
+tagclip:<queue>:bulk:latest:<studio>:<project>:<version>   the newest bulk job of a project and version
+tagclip:<queue>:bulk:ledger:<studio>:<project>:<version>   per-task write claims (backend.bulk.ledger)
+<studio> names the Label Studio (a hash of its URL's origin): two Label Studios' project 1 never share state.
 tagclip:<queue>:bulk:costs:<project>      write-back method costs (backend.bulk.method)
 """
 
@@ -17,8 +18,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .labelstudio.auth import origin_id
+
 # The parts of a bulk job's state besides its main hash (backend.bulk.state says what each holds).
-BULK_JOB_PARTS = ("tasks", "done", "recovered", "failed", "chunks", "progress", "cancelled")
+BULK_JOB_PARTS = ("tasks", "done", "recovered", "failed", "chunks", "progress", "cancelled", "credential")
+
+
+@dataclass(frozen=True)
+class ProjectRef:
+    """A project of one Label Studio: project ids are only unique within their Label Studio."""
+
+    studio: str  # origin_id of the Label Studio's URL
+    project: int
+
+    @classmethod
+    def of(cls, label_studio_url: str, project: int) -> ProjectRef:
+        return cls(origin_id(label_studio_url), int(project))
+
+    def __str__(self) -> str:
+        return f"{self.studio}:{self.project}"
 
 
 @dataclass(frozen=True)
@@ -67,13 +85,13 @@ class RedisKeys:
     def bulk_live(self) -> str:
         return f"{self.prefix}:bulk:live"
 
-    def bulk_active(self, project: int, version: str) -> str:
+    def bulk_active(self, project: ProjectRef, version: str) -> str:
         return f"{self.prefix}:bulk:active:{project}:{version}"
 
-    def bulk_latest(self, project: int, version: str) -> str:
+    def bulk_latest(self, project: ProjectRef, version: str) -> str:
         return f"{self.prefix}:bulk:latest:{project}:{version}"
 
-    def ledger(self, project: int, version: str) -> str:
+    def ledger(self, project: ProjectRef, version: str) -> str:
         return f"{self.prefix}:bulk:ledger:{project}:{version}"
 
     def write_costs(self, project: int) -> str:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from tagclip_core.types import MaskMode
 
 from .errors import SettingsError
+from .labelstudio.auth import Source
 
 # Label Studio's read timeout for /predict (ML_TIMEOUT_PREDICT, 100 s by default). PREDICT_TIMEOUT
 # must stay below it, or Label Studio gives up before we answer and stores nothing.
@@ -72,9 +73,11 @@ class Settings:
     embedded_threads: int = 2
 
     # --- Label Studio ---
-    # Base URL of Label Studio for relative image URLs; overrides the hostname /setup sends.
+    # Base URL of Label Studio for relative image URLs; overrides the hostname /setup sends. Its host may be on a
+    # private network (it is trusted like ALLOWED_IMAGE_HOSTS).
     label_studio_url: str | None = None
-    # Legacy token or personal access token (JWT); overrides the token /setup sends.
+    # Legacy token or personal access token (JWT) of LABEL_STUDIO_URL's Label Studio, sent nowhere else; overrides
+    # the token /setup sends. Needs LABEL_STUDIO_URL.
     label_studio_api_key: str | None = None
 
     # --- images ---
@@ -86,6 +89,15 @@ class Settings:
     max_image_pixels: int = 100_000_000
     # Parallel downloads per job.
     download_threads: int = 4
+    # Hosts on private networks (loopback, RFC 1918, link-local, ...) that task images may come from, comma
+    # separated ("minio", "*.corp.example"); besides these and LABEL_STUDIO_URL's host, only public addresses.
+    allowed_image_hosts: str | None = None
+
+    # --- limits of what a caller can ask ---
+    # Most tasks one /predict may carry (Label Studio sends a whole selection in one request): more get 413.
+    max_predict_tasks: int = 1000
+    # Most labels one control of a label config may have (more get 422 at /setup and /predict).
+    max_labels_per_control: int = 10_000
 
     # --- server ---
     host: str = "0.0.0.0"
@@ -102,6 +114,11 @@ class Settings:
     def __post_init__(self) -> None:
         if (self.basic_auth_user is None) != (self.basic_auth_pass is None):
             raise SettingsError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
+        if self.label_studio_api_key and not self.label_studio_url:
+            raise SettingsError(
+                "LABEL_STUDIO_API_KEY is set without LABEL_STUDIO_URL: set the URL of the Label Studio this key "
+                "belongs to (the key is only ever sent there)"
+            )
         if not 0 < self.predict_timeout < LABEL_STUDIO_PREDICT_TIMEOUT:
             raise SettingsError(
                 f"PREDICT_TIMEOUT must be in (0, {LABEL_STUDIO_PREDICT_TIMEOUT:g}) s, below Label Studio's "
@@ -113,6 +130,8 @@ class Settings:
             "max_download_bytes",
             "max_image_pixels",
             "download_threads",
+            "max_predict_tasks",
+            "max_labels_per_control",
             "server_threads",
             "server_workers",
             "embedded_threads",
@@ -137,6 +156,16 @@ class Settings:
     def embedded(self) -> bool:
         """True when there is no Redis: the engine runs in the web process."""
         return not self.redis_url
+
+    @property
+    def label_studio(self) -> Source | None:
+        """The configured Label Studio (LABEL_STUDIO_URL with its key), or None."""
+        return Source(self.label_studio_url, self.label_studio_api_key) if self.label_studio_url else None
+
+    @property
+    def allowed_hosts(self) -> tuple[str, ...]:
+        """ALLOWED_IMAGE_HOSTS as lower-case host patterns."""
+        return tuple(h.strip().lower() for h in (self.allowed_image_hosts or "").split(",") if h.strip())
 
     @property
     def basic_auth(self) -> tuple[str, str] | None:
@@ -203,6 +232,9 @@ ENV_VARS: dict[str, str] = {
     "download_timeout": "DOWNLOAD_TIMEOUT",
     "max_image_pixels": "MAX_IMAGE_PIXELS",
     "download_threads": "DOWNLOAD_THREADS",
+    "allowed_image_hosts": "ALLOWED_IMAGE_HOSTS",
+    "max_predict_tasks": "MAX_PREDICT_TASKS",
+    "max_labels_per_control": "MAX_LABELS_PER_CONTROL",
     "host": "HOST",
     "port": "PORT",
     "basic_auth_user": "BASIC_AUTH_USER",

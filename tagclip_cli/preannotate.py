@@ -165,7 +165,7 @@ def _start(planner: Any, request: Any, quiet: bool) -> str:
 
 def _latest_job(planner: Any, request: Any) -> str:
     prepared = planner.prepare(request)
-    job = planner.store.latest(request.project, prepared.model_version)
+    job = planner.store.latest(planner.project(request.project), prepared.model_version)
     if job is None:
         raise UsageError(f"no bulk job for project {request.project} and model_version {prepared.model_version}")
     return job

@@ -39,6 +39,7 @@ def tiny_settings(tiny_checkpoint, tmp_path_factory):
         device="cpu",
         allow_download=False,
         predict_timeout=60,
+        allowed_image_hosts="127.0.0.1",  # the tests' image servers listen there
     )
 
 

@@ -17,10 +17,12 @@ from rq import get_current_job
 
 from backend.bulk.ledger import Ledger, owner_name
 from backend.bulk.state import BulkStore
-from backend.contracts.bulk import SCHEMA, BulkChunk, BulkTask, parse_payload
+from backend.contracts.bulk import SCHEMA, BulkTask, parse_payload
 from backend.contracts.predict import ChunkSpec, TaskRef, parse_controls
+from backend.contracts.source import KeyPlace, SourceRef, resolve_source
 from backend.errors import ModelMismatchError
-from backend.keys import RedisKeys
+from backend.keys import ProjectRef, RedisKeys
+from backend.labelstudio.auth import Source
 from backend.labelstudio.client import LabelStudioClient
 from backend.resolve import Resolution, Resolver
 from backend.results import task_result
@@ -62,18 +64,20 @@ def run_chunk(payload: Any, predict: TaskPredictor, redis: Redis, resolver: Reso
             f"chunk of job {chunk.job} is for model_version {chunk.model_version}, this worker computes "
             f"{resolution.model_version}: give the planner and the workers the same TAGCLIP_* settings and weights"
         )
+    job_key = store.credential(chunk.job) if chunk.source.key is KeyPlace.BULK_JOB else None
+    source = resolve_source(chunk.source, resolver.settings.label_studio, job_key)
     store.chunk_started(chunk.job)
-    ledger = Ledger(redis, keys, chunk.project, chunk.model_version)
+    ledger = Ledger(redis, keys, ProjectRef.of(source.url or "", chunk.project), chunk.model_version)
     ids = [t.id for t in chunk.tasks]
     pending_ids = set(ledger.not_done(ids))
     already = [t for t in ids if t not in pending_ids]
     pending = [t for t in chunk.tasks if t.id in pending_ids]
 
     started = time.perf_counter()
-    items, failed = predictions_for(chunk, pending, resolution, predict) if pending else ({}, {})
+    items, failed = predictions_for(source, pending, resolution, predict) if pending else ({}, {})
     predict_seconds = time.perf_counter() - started
 
-    client = LabelStudioClient(chunk.source)
+    client = LabelStudioClient(source)
     writer = PredictionWriter(client, ledger, chunk.project, chunk.model_version, chunk.write, owner)
     outcome = writer.write(items)
     failed.update(outcome.failed)
@@ -108,7 +112,7 @@ def run_chunk(payload: Any, predict: TaskPredictor, redis: Redis, resolver: Reso
 
 
 def predictions_for(
-    chunk: BulkChunk, tasks: Sequence[BulkTask], resolution: Resolution, predict: TaskPredictor
+    source: Source, tasks: Sequence[BulkTask], resolution: Resolution, predict: TaskPredictor
 ) -> tuple[dict[int, dict[str, Any]], dict[int, str]]:
     """Predict `tasks` and build their Label Studio predictions. Returns (task -> prediction body,
     task -> failure reason)."""
@@ -117,7 +121,7 @@ def predictions_for(
         background=resolution.options.background,
         controls=parse_controls([c.to_payload() for c in resolution.plan.controls]),
         tasks=tuple(TaskRef(index=i, id=t.id, images=dict(t.data)) for i, t in enumerate(tasks)),
-        source=chunk.source,
+        source=SourceRef(source.url, source.api_key, KeyPlace.PAYLOAD),  # in-process: never serialized
     )
     entries = {e.get("index"): e for e in predict(spec) if isinstance(e, Mapping)}
     items: dict[int, dict[str, Any]] = {}

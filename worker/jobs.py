@@ -22,10 +22,12 @@ from PIL import Image
 from rq import get_current_job
 
 from backend.contracts.predict import SCHEMA, ChunkSpec, ControlSpec, TaskRef, parse_payload
+from backend.contracts.source import resolve_source
 from backend.converters import ControlOutput
 from backend.converters.base import choose_labels
 from backend.errors import ImageFetchError, ModelMismatchError
 from backend.fetch import redact
+from backend.redaction import scrub
 from tagclip_core.errors import ImageLoadError, TagCLIPError
 from tagclip_core.images import load_image
 from tagclip_core.masks import coarse_masks
@@ -76,8 +78,10 @@ def fetch_images(
     spec: ChunkSpec, runtime: Runtime
 ) -> tuple[dict[int, dict[str, Image.Image]], dict[int, tuple[str, str]]]:
     """Fetch and decode each task's images in parallel. Returns images by task index, and
-    (kind, message) errors by task index."""
+    (kind, message) errors by task index. Raises LabelStudioAuthError when this worker has no key for the
+    payload's Label Studio (a setup mistake: the job fails and is retried, no task is marked failed)."""
     keys = sorted({c.data_key for c in spec.controls})
+    source = resolve_source(spec.source, runtime.settings.label_studio)
 
     def load(task: TaskRef) -> dict[str, Image.Image]:
         out = {}
@@ -85,7 +89,7 @@ def fetch_images(
             ref = task.images.get(key)
             if ref is None:
                 raise ImageFetchError(f"task {task.id} has no data[{key!r}]")
-            data = runtime.fetcher.fetch(ref, task.id or 0, spec.source)
+            data = runtime.fetcher.fetch(ref, task.id or 0, source)
             out[key] = load_image(data, runtime.image_limits, name=redact(str(ref)))
         return out
 
@@ -101,7 +105,7 @@ def fetch_images(
             errors[task.index] = ("image", str(e))
         except Exception as e:  # a bug in one task's path must not sink the chunk
             log.exception("task %s: unexpected error while loading its image", task.id)
-            errors[task.index] = ("internal", f"{type(e).__name__}: {e}")
+            errors[task.index] = ("internal", scrub(f"{type(e).__name__}: {e}"))
     for index, (kind, message) in errors.items():
         log.warning("task index %d: %s error: %s", index, kind, message)
     return images, errors

@@ -17,8 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from typing import Any
 
-from backend.fetch import FetchLimits, ImageFetcher, make_session
-from backend.labelstudio.auth import LabelStudioAuth
+from backend.fetch import FetchLimits, make_fetcher
 from backend.resolve import Resolver
 from backend.settings import Settings
 from tagclip_core.config import EngineConfig, MaskConfig, ModelSpec
@@ -50,9 +49,11 @@ class Runtime:
         # Resolves bulk chunks' label configs and versions as /setup does; its caches live across chunks.
         self.resolver = Resolver(settings)
         self.model_key = self.resolver.model_key
-        session = make_session(settings.download_threads)
-        self.fetcher = ImageFetcher(
-            session, LabelStudioAuth(session), FetchLimits(settings.max_download_bytes, settings.download_timeout)
+        self.fetcher = make_fetcher(
+            FetchLimits(settings.max_download_bytes, settings.download_timeout),
+            settings.label_studio_url,
+            settings.allowed_hosts,
+            settings.download_threads,
         )
         self.image_limits = ImageLimits(max_pixels=settings.max_image_pixels, max_bytes=settings.max_download_bytes)
         self.downloads = ThreadPoolExecutor(settings.download_threads, thread_name_prefix="tagclip-download")

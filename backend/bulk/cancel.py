@@ -43,7 +43,7 @@ def cancel_job(store: BulkStore, queue: Queue, job: str) -> CancelOutcome:
         return CancelOutcome(job, 0, 0, already_finished=True)
     info = store.info(job)
     store.mark_cancelled(job)
-    store.release_active(int(info["project"]), info["model_version"], job)
+    store.release_active(store.project_of(info), info["model_version"], job)
     chunks = list(store.live_chunks(job))
     with store.redis.pipeline() as pipe:
         for rq_id in chunks:

@@ -22,7 +22,7 @@ from redis import Redis
 from redis.client import Pipeline
 
 from .. import presence
-from ..keys import RedisKeys
+from ..keys import ProjectRef, RedisKeys
 
 DONE = "d"
 # Seconds a write claim holds against live owners (a chunk's write takes well under this).
@@ -100,7 +100,7 @@ def owner_name(worker: str, pid: int) -> str:
 class Ledger:
     """The write ledger of one (project, model_version) on one queue."""
 
-    def __init__(self, redis: Redis, keys: RedisKeys, project: int, model_version: str) -> None:
+    def __init__(self, redis: Redis, keys: RedisKeys, project: ProjectRef, model_version: str) -> None:
         self.redis = redis
         self.keys = keys
         self.key = keys.ledger(project, model_version)

@@ -38,7 +38,8 @@ def maintain_job(store: BulkStore, queue: Queue, job: str, now: float | None = N
             store.mark_failed(job, chunk.failed, only_if_unset=True)
     state = job_state(info, chunks, cancelled, now)
     if state in (BulkState.DONE, BulkState.CANCELLED):
-        store.release_active(int(info["project"]), info["model_version"], job)
+        store.release_active(store.project_of(info), info["model_version"], job)
+        store.forget_credential(job)
         if not info.get("finished_at"):
             store.set_fields(job, finished_at=float(info.get("last_progress_at") or now))
         store.forget_live(job)

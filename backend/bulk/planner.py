@@ -29,8 +29,10 @@ from rq import Queue, Retry
 from rq.serializers import JSONSerializer
 
 from ..contracts.bulk import JOB_FUNCTION, WRITE_METHODS, BulkChunk, WriteMethod, build_payload, task_refs
+from ..contracts.source import KeyPlace, source_ref
 from ..errors import BulkSetupError
-from ..keys import RedisKeys
+from ..keys import ProjectRef, RedisKeys
+from ..labelstudio.auth import same_origin
 from ..labelstudio.client import LabelStudioClient, id_after_filter, version_filter
 from ..resolve import Resolution, Resolver
 from ..settings import Settings
@@ -113,6 +115,12 @@ class BulkPlanner:
         self.keys = RedisKeys(settings.queue_name)
         self.store = BulkStore(redis, self.keys)
         self.queue = Queue(self.keys.bulk_queue, connection=redis, serializer=JSONSerializer)
+        # How chunks name the Label Studio key: the workers' own, or the job's credential (backend.contracts.source).
+        self.source = source_ref(client.source, settings.label_studio, bulk_job=True)
+
+    def project(self, project: int) -> ProjectRef:
+        """`project` of this planner's Label Studio."""
+        return ProjectRef.of(self.client.base, project)
 
     # --- resolve ---
     def prepare(self, request: BulkRequest) -> Prepared:
@@ -164,14 +172,21 @@ class BulkPlanner:
                 "filters": json.dumps(list(prepared.filter_items)),
             }
         )
-        job = self.store.claim_active(request.project, prepared.model_version, fresh)
+        project = self.project(request.project)
+        job = self.store.claim_active(project, prepared.model_version, fresh)
         if job != fresh and maintain_job(self.store, self.queue, job) is BulkState.DONE:
             # It ended before a maintenance pass released it (that pass just did): start anew.
-            job = self.store.claim_active(request.project, prepared.model_version, fresh)
+            job = self.store.claim_active(project, prepared.model_version, fresh)
         if job != fresh:
             self.store.discard(fresh)
             log.info("project %s: attaching to running bulk job %s", request.project, job)
+        self._keep_credential(job)
         return Started(job, attached=job != fresh)
+
+    def _keep_credential(self, job: str) -> None:
+        """Store the key the job's chunks write with, when the workers do not have it themselves."""
+        if self.source.key is KeyPlace.BULK_JOB and self.client.source.api_key:
+            self.store.store_credential(job, self.client.source.api_key)
 
     def enqueue_all(self, job: str, prepared: Prepared, on_progress: ProgressCallback | None = None) -> int:
         """List every matching task without a prediction of the version and enqueue the new ones; returns
@@ -217,7 +232,7 @@ class BulkPlanner:
         data_keys = sorted({c.data_key for c in prepared.resolved.parsed.plan.controls})
         refs = task_refs(tasks, data_keys)
         tasks_key, cancelled_key = self.store.job_key(job, "tasks"), self.store.job_key(job, "cancelled")
-        ledger = Ledger(self.redis, self.keys, prepared.request.project, prepared.model_version)
+        ledger = Ledger(self.redis, self.keys, self.project(prepared.request.project), prepared.model_version)
         with self.redis.pipeline() as pipe:
             while True:
                 try:
@@ -246,7 +261,7 @@ class BulkPlanner:
         Tasks that meanwhile got their prediction are marked done; returns how many were enqueued."""
         request = prepared.request
         enqueued = 0
-        ledger = Ledger(self.redis, self.keys, request.project, prepared.model_version)
+        ledger = Ledger(self.redis, self.keys, self.project(request.project), prepared.model_version)
         for start in range(0, len(task_ids), request.page_size):
             ids = list(task_ids[start : start + request.page_size])
             tasks = self.client.tasks_by_id(request.project, ids)
@@ -273,6 +288,8 @@ class BulkPlanner:
         """The Prepared of an existing job, from what it stored (label config, options, write method);
         raises BulkSetupError when these settings now give another model_version."""
         info = self.store.info(job)
+        if not same_origin(info.get("label_studio"), self.client.base):
+            raise BulkSetupError(f"job {job} belongs to another Label Studio than {self.client.base}")
         request = BulkRequest(project=int(info["project"]), chunk_size=int(info["chunk_size"]), write=info["write"])
         extra = json.loads(info.get("extra_params") or "{}")
         resolved = self.resolver.resolve(info["label_config"], extra)
@@ -295,7 +312,8 @@ class BulkPlanner:
         failed = sorted(self.store.failed(job))
         if not failed:
             return 0
-        self.store.claim_active(prepared.request.project, prepared.model_version, job)
+        self.store.claim_active(self.project(prepared.request.project), prepared.model_version, job)
+        self._keep_credential(job)
         self.store.clear_failed(job, failed)
         self.redis.hdel(self.store.job_key(job), "started_at")  # rate and elapsed restart with the retry
         return self.requeue(job, prepared, failed)
@@ -313,7 +331,7 @@ class BulkPlanner:
                 label_config=prepared.label_config,
                 extra_params=prepared.extra_params,
                 write=request.write,
-                source=self.client.source,
+                source=self.source,
                 tasks=tuple(refs[start : start + request.chunk_size]),
             )
         return out

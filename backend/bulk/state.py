@@ -1,7 +1,7 @@
 """A bulk job's state in Redis, shared by the CLI, the backend and the workers (key names: backend.keys).
 
-    tagclip:<queue>:bulk:job:<id>             hash: project, model_version, label_config, extra_params, write,
-                                              chunk_size, created_at, listed, listing_beat,
+    tagclip:<queue>:bulk:job:<id>             hash: project, label_studio (its URL), model_version, label_config,
+                                              extra_params, write, chunk_size, created_at, listed, listing_beat,
                                               started_at, finished_at, predict_seconds, write_seconds, written
     tagclip:<queue>:bulk:job:<id>:tasks       set: every task the job took on
     tagclip:<queue>:bulk:job:<id>:done        set: tasks that have their prediction (written or found)
@@ -10,10 +10,13 @@
     tagclip:<queue>:bulk:job:<id>:chunks      hash: RQ job id -> JSON task ids, for chunks not yet settled
     tagclip:<queue>:bulk:job:<id>:progress    list: "<unix time> <tasks finished>" per chunk, newest first
     tagclip:<queue>:bulk:job:<id>:cancelled   the unix time the job was cancelled (absent: not cancelled)
-    tagclip:<queue>:bulk:active:<project>:<version>   the job taking on new tasks for this project/version
-    tagclip:<queue>:bulk:latest:<project>:<version>   the newest job (for --retry-failed)
+    tagclip:<queue>:bulk:job:<id>:credential  the Label Studio key its chunks write with, when the workers do not
+                                              have it themselves; expires CREDENTIAL_TTL after its last use and
+                                              is deleted when the job ends
+    tagclip:<queue>:bulk:active:<studio>:<project>:<version>   the job taking on new tasks for this project/version
+    tagclip:<queue>:bulk:latest:<studio>:<project>:<version>   the newest job (for --retry-failed)
 
-Every key expires STATE_TTL after the job's last planner write.
+Every other key expires STATE_TTL after the job's last planner write.
 """
 
 from __future__ import annotations
@@ -29,10 +32,12 @@ from redis import Redis
 from redis.client import Pipeline
 
 from ..errors import BulkJobNotFoundError
-from ..keys import RedisKeys
+from ..keys import ProjectRef, RedisKeys
 
 # Job state is kept this long after the planner last touched it.
 STATE_TTL = 30 * 24 * 3600
+# A job's Label Studio key outlives its last use by this much (workers renew it with every chunk).
+CREDENTIAL_TTL = 24 * 3600
 # Progress entries kept per job (one per chunk); the rate uses the recent ones.
 PROGRESS_ENTRIES = 2000
 
@@ -90,10 +95,10 @@ class BulkStore:
     def job_key(self, job: str, part: str = "") -> str:
         return self.keys.bulk_job(job, part)
 
-    def active_key(self, project: int, version: str) -> str:
+    def active_key(self, project: ProjectRef, version: str) -> str:
         return self.keys.bulk_active(project, version)
 
-    def latest_key(self, project: int, version: str) -> str:
+    def latest_key(self, project: ProjectRef, version: str) -> str:
         return self.keys.bulk_latest(project, version)
 
     def all_keys(self, job: str) -> list[str]:
@@ -126,7 +131,7 @@ class BulkStore:
     def forget_live(self, job: str) -> None:
         self.redis.srem(self.keys.bulk_live, job)
 
-    def claim_active(self, project: int, version: str, job: str) -> str:
+    def claim_active(self, project: ProjectRef, version: str, job: str) -> str:
         """Make `job` the active job of (project, version) unless one is; returns the active job's id."""
         key = self.active_key(project, version)
         if self.redis.set(key, job, nx=True, ex=STATE_TTL):
@@ -135,15 +140,15 @@ class BulkStore:
         current = self.redis.get(key)
         return _text(current) if current else self.claim_active(project, version, job)
 
-    def active(self, project: int, version: str) -> str | None:
+    def active(self, project: ProjectRef, version: str) -> str | None:
         value = self.redis.get(self.active_key(project, version))
         return _text(value) if value else None
 
-    def latest(self, project: int, version: str) -> str | None:
+    def latest(self, project: ProjectRef, version: str) -> str | None:
         value = self.redis.get(self.latest_key(project, version))
         return _text(value) if value else None
 
-    def release_active(self, project: int, version: str, job: str) -> None:
+    def release_active(self, project: ProjectRef, version: str, job: str) -> None:
         """The job takes on no more tasks (it finished): the next run starts a new one."""
         key = self.active_key(project, version)
         with self.redis.pipeline() as pipe:
@@ -163,6 +168,25 @@ class BulkStore:
         value = self.redis.get(self.job_key(job, "cancelled"))
         return float(_text(value)) if value else None
 
+    def project_of(self, info: Mapping[str, str]) -> ProjectRef:
+        """The project (of its Label Studio) a job's info belongs to."""
+        return ProjectRef.of(info["label_studio"], int(info["project"]))
+
+    # --- the key its chunks write with ---
+    def store_credential(self, job: str, api_key: str) -> None:
+        self.redis.set(self.job_key(job, "credential"), api_key, ex=CREDENTIAL_TTL)
+
+    def credential(self, job: str) -> str | None:
+        """The job's Label Studio key (renewed for another CREDENTIAL_TTL), or None once it expired."""
+        with self.redis.pipeline() as pipe:
+            pipe.get(self.job_key(job, "credential"))
+            pipe.expire(self.job_key(job, "credential"), CREDENTIAL_TTL)
+            value, _ = pipe.execute()
+        return _text(value) if value else None
+
+    def forget_credential(self, job: str) -> None:
+        self.redis.delete(self.job_key(job, "credential"))
+
     def info(self, job: str) -> dict[str, str]:
         raw = self.redis.hgetall(self.job_key(job))
         if not raw:
@@ -175,7 +199,8 @@ class BulkStore:
     def touch(self, job: str, pipe: Pipeline | None = None) -> None:
         target = pipe if pipe is not None else self.redis.pipeline()
         for key in self.all_keys(job):
-            target.expire(key, STATE_TTL)
+            if not key.endswith(":credential"):  # the credential keeps its own, shorter, lifetime
+                target.expire(key, STATE_TTL)
         if pipe is None:
             target.execute()
 

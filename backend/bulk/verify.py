@@ -29,6 +29,7 @@ class VerifyReport:
 def verify_job(client: LabelStudioClient, store: BulkStore, job: str) -> VerifyReport:
     info = store.info(job)
     project, version = int(info["project"]), info["model_version"]
+    ref = store.project_of(info)
     by_task: dict[int, list[int]] = defaultdict(list)
     for prediction in client.predictions(project=project):
         if prediction.get("model_version") == version and prediction.get("task") is not None:
@@ -45,6 +46,6 @@ def verify_job(client: LabelStudioClient, store: BulkStore, job: str) -> VerifyR
     report.missing = [t for t, is_done in zip(tasks, done, strict=True) if is_done and not by_task.get(t)]
     if report.missing:
         store.forget_done(job, report.missing)
-        Ledger(store.redis, store.keys, project, version).forget_done(report.missing)
+        Ledger(store.redis, store.keys, ref, version).forget_done(report.missing)
         store.mark_failed(job, {t: MISSING for t in report.missing})
     return report

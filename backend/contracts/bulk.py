@@ -3,7 +3,7 @@ and checked by the worker.
 
     {"schema": 1, "job": str, "queue": str, "project": int, "model_version": str,
      "label_config": str, "extra_params": {...}, "write": "auto" | "import" | "single",
-     "source": {"url": str, "api_key": str},
+     "source": backend.contracts.source's {"url", "api_key": null, "key": "worker" | "bulk_job"},
      "tasks": [{"id": int, "data": {data_key: image reference}}]}
 
 The result is plain JSON too: {"schema": 1, "job": str, "worker": str, "written": [ids], "recovered": [ids],
@@ -19,7 +19,7 @@ from enum import Enum
 from typing import Any
 
 from ..errors import PayloadError
-from ..labelstudio.auth import Source
+from .source import SourceRef
 
 SCHEMA = 1
 # The job function, by dotted path (the planner never imports it: no torch in the web process or CLI).
@@ -55,7 +55,7 @@ class BulkChunk:
     label_config: str
     extra_params: Mapping[str, Any]
     write: WriteMethod
-    source: Source
+    source: SourceRef
     tasks: tuple[BulkTask, ...]
 
 
@@ -69,7 +69,7 @@ def build_payload(chunk: BulkChunk) -> dict[str, Any]:
         "label_config": chunk.label_config,
         "extra_params": dict(chunk.extra_params),
         "write": str(chunk.write),
-        "source": {"url": chunk.source.url, "api_key": chunk.source.api_key},
+        "source": chunk.source.to_json(),
         "tasks": [{"id": t.id, "data": dict(t.data)} for t in chunk.tasks],
     }
 
@@ -90,7 +90,6 @@ def parse_payload(payload: Any) -> BulkChunk:
     if payload.get("schema") != SCHEMA:
         raise PayloadError(f"bulk payload schema {payload.get('schema')!r} is not {SCHEMA} (version skew)")
     try:
-        source = payload["source"]
         chunk = BulkChunk(
             job=_text(payload["job"], "job"),
             queue=_text(payload["queue"], "queue"),
@@ -99,7 +98,7 @@ def parse_payload(payload: Any) -> BulkChunk:
             label_config=_text(payload["label_config"], "label_config"),
             extra_params=dict(payload.get("extra_params") or {}),
             write=_text(payload["write"], "write"),
-            source=Source(url=source.get("url"), api_key=source.get("api_key")),
+            source=SourceRef.from_json(payload["source"]),
             tasks=tuple(BulkTask(int(t["id"]), dict(t["data"])) for t in payload["tasks"]),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as e:

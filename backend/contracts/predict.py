@@ -3,7 +3,7 @@
     {"schema": 1, "model_key": str, "background": str,
      "controls": [{"name": str, "data_key": str, "classes": [{"label": str, "prompts": [str]}]}],
      "tasks": [{"index": int, "id": int | null, "images": {data_key: str | null}}],
-     "source": {"url": str | null, "api_key": str | null}}
+     "source": backend.contracts.source's {"url", "api_key", "key"}}
 
 Schema 2 is schema 1 where a region control also asks for masks (so a worker that predates masks refuses
 the job instead of answering without them):
@@ -31,7 +31,7 @@ from tagclip_core.types import MaskMode
 
 from ..converters.regions import MASK_MODES
 from ..errors import PayloadError
-from ..labelstudio.auth import Source
+from .source import SourceRef
 
 SCHEMA = 1
 # Schema 1 plus controls[].masks.
@@ -74,13 +74,13 @@ class ChunkSpec:
     background: str
     controls: tuple[ControlSpec, ...]
     tasks: tuple[TaskRef, ...]
-    source: Source
+    source: SourceRef
 
 
 def build_payloads(
     controls: Sequence[Mapping[str, Any]],
     tasks: Sequence[Mapping[str, Any]],
-    source: Source,
+    source: SourceRef,
     background: str,
     model_key: str,
     chunk_size: int,
@@ -112,7 +112,7 @@ def build_payloads(
                 "background": background,
                 "controls": list(controls),
                 "tasks": refs[start : start + chunk_size],
-                "source": {"url": source.url, "api_key": source.api_key},
+                "source": source.to_json(),
             }
         )
     return payloads
@@ -137,13 +137,12 @@ def parse_payload(payload: Any) -> ChunkSpec:
         tasks = tuple(
             TaskRef(index=int(t["index"]), id=t.get("id"), images=dict(t["images"])) for t in payload["tasks"]
         )
-        source = payload.get("source") or {}
         return ChunkSpec(
             model_key=_str(payload["model_key"], "model_key"),
             background=str(payload.get("background", "none")),
             controls=controls,
             tasks=tasks,
-            source=Source(url=source.get("url"), api_key=source.get("api_key")),
+            source=SourceRef.from_json(payload.get("source") or {}),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise PayloadError(f"malformed payload: {type(e).__name__}: {e}") from e

@@ -4,7 +4,8 @@ the workers use it.
 
 Auth is `backend.labelstudio.auth.LabelStudioAuth`: a legacy key goes as `Token`, a personal access token is exchanged
 for a short-lived `Bearer` (refreshed once on a 401). Every error becomes `LabelStudioAPIError` naming the
-call and Label Studio's status; the key never appears in messages.
+call and Label Studio's status, never the answer's body (a caller-supplied URL may point anywhere: what that
+host answers is not echoed); the key never appears in messages.
 """
 
 from __future__ import annotations
@@ -17,12 +18,11 @@ from typing import Any
 import requests
 
 from ..errors import LabelStudioAPIError, LabelStudioAuthError
+from ..redaction import scrub
 from .auth import LabelStudioAuth, Source, is_jwt
 
 # Seconds for one REST call (a 10,000-task export or a page of 1,000 tasks takes a few seconds).
 DEFAULT_TIMEOUT = 120.0
-# Characters of an error body kept in messages.
-_BODY_CHARS = 300
 # Export snapshots are built synchronously by Label Studio 1.23 but the API allows "in_progress".
 EXPORT_POLL_INTERVAL = 0.5
 
@@ -40,7 +40,7 @@ class LabelStudioClient:
         self.session = session or requests.Session()
         self.session.trust_env = False
         self.timeout = timeout
-        self._auth = LabelStudioAuth(self.session)
+        self._auth = LabelStudioAuth(lambda _url: self.session)
 
     # --- plumbing ---
     def request(
@@ -59,9 +59,8 @@ class LabelStudioClient:
             self._auth.forget(self.base, self.source.api_key or "")
             response = self._send(method, path, params, body, timeout)
         if response.status_code not in expect:
-            text = response.text[:_BODY_CHARS].replace("\n", " ")
             raise LabelStudioAPIError(
-                f"Label Studio {method} {path} answered HTTP {response.status_code}: {text}", response.status_code
+                f"Label Studio {method} {path} answered HTTP {response.status_code}", response.status_code
             )
         return response
 
@@ -82,7 +81,9 @@ class LabelStudioClient:
                 timeout=timeout or self.timeout,
             )
         except requests.RequestException as e:
-            raise LabelStudioAPIError(f"Label Studio {method} {path} failed: {type(e).__name__}: {e}") from e
+            raise LabelStudioAPIError(
+                f"Label Studio {method} {path} failed: {type(e).__name__}: {scrub(str(e))}"
+            ) from e
 
     def get_json(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
         response = self.request("GET", path, params=params)

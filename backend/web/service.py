@@ -16,8 +16,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..contracts.predict import build_payloads, chunk_size_for
+from ..contracts.source import source_ref
 from ..errors import BadRequestError
-from ..labelstudio.auth import Source
+from ..labelstudio.auth import Source, task_source
 from ..resolve import Resolution, Resolver
 from ..results import task_result
 from ..settings import Settings
@@ -99,15 +100,13 @@ class PredictionService:
             self.metrics.tasks.labels("empty").inc(len(tasks))
             return {"results": [_empty(version) for _ in tasks]}
 
-        source = Source(
-            url=self.settings.label_studio_url or (context.hostname if context else None),
-            api_key=self.settings.label_studio_api_key or (context.access_token if context else None),
-        )
+        announced = Source(context.hostname, context.access_token) if context else None
+        source = task_source(self.settings.label_studio, announced)
         chunk = chunk_size_for(len(tasks), self.dispatcher.worker_count(), self.settings.chunk_size)
         payloads = build_payloads(
             [c.to_payload() for c in plan.controls],
             tasks,
-            source,
+            source_ref(source, self.settings.label_studio),
             resolution.options.background,
             resolution.model_key,
             chunk,

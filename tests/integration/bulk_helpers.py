@@ -23,7 +23,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from backend.bulk.state import BulkStore
-from backend.keys import RedisKeys
+from backend.keys import ProjectRef, RedisKeys
 
 from .stack import ROOT, LabelStudio, Process, png_bytes, wait_until
 
@@ -144,8 +144,9 @@ def forget_bulk_state(redis_url: str, queue_name: str) -> None:
         redis.delete(key)
 
 
-def active_job(store: BulkStore, project: int, version: str, timeout: float = 120) -> str:
-    return wait_until(lambda: store.active(project, version), timeout, interval=0.1, what="the bulk job")
+def active_job(store: BulkStore, studio_url: str, project: int, version: str, timeout: float = 120) -> str:
+    ref = ProjectRef.of(studio_url, project)
+    return wait_until(lambda: store.active(ref, version), timeout, interval=0.1, what="the bulk job")
 
 
 def kill_worker_mid_chunk(queue: Queue, workers: Sequence[Process], timeout: float = 120) -> tuple[Process, str]:

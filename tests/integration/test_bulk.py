@@ -30,6 +30,7 @@ from backend.bulk.planner import BulkPlanner, BulkRequest
 from backend.bulk.status import job_status
 from backend.bulk.verify import verify_job
 from backend.errors import BulkSetupError
+from backend.keys import ProjectRef
 from backend.labelstudio.auth import Source
 from backend.labelstudio.client import LabelStudioClient
 from backend.settings import Settings
@@ -89,7 +90,7 @@ def interrupted_run(label_studio, workers, env, redis_url, artifacts):
     first = start_cli(
         env, artifacts, f"preannotate-{project.id}-first", "--project", str(project.id), "--chunk-size", str(CHUNK)
     )
-    job = active_job(store, project.id, version)
+    job = active_job(store, label_studio.url, project.id, version)
     wait_until(lambda: store.counts(job)["done"] >= 2 * CHUNK, 120, what="some chunks done")
     victim, killed_chunk = kill_worker_mid_chunk(queue, workers.workers)
     first.send_signal(signal.SIGKILL)
@@ -202,7 +203,7 @@ def test_predictions_stored_by_a_killed_worker_are_found_not_written_twice(label
     for task in landed:
         body = {"task": task, "result": [], "score": 0.0, "model_version": version}
         stored_before[task] = label_studio.api("POST", "/api/predictions", json=body).json()["id"]
-    ledger = Ledger(planner.redis, planner.keys, project.id, version)
+    ledger = Ledger(planner.redis, planner.keys, planner.project(project.id), version)
     ghost = owner_name("killed-worker", 999999)
     assert ledger.claim(landed, ghost, lease=3600).claimed == landed
     started = planner.start(prepared)
@@ -422,7 +423,7 @@ def test_cancel_drops_waiting_chunks_and_a_rerun_resumes(label_studio, workers, 
     try:
         code, _, stdout = run_cli(env, "--project", str(project.id), "--chunk-size", "1", "--no-wait")
         assert code == 0, stdout
-        job = store.latest(project.id, version)
+        job = store.latest(ProjectRef.of(label_studio.url, project.id), version)
         chunks = len(store.live_chunks(job))
         assert chunks == 12
         code, status, stdout = run_cli(env, "--project", str(project.id), "--cancel")

@@ -14,7 +14,7 @@ import redis
 from backend import presence
 from backend.bulk.ledger import Ledger, owner_name
 from backend.bulk.method import PROBE_EVERY, PROBE_TASKS, WriteCosts
-from backend.keys import RedisKeys
+from backend.keys import ProjectRef, RedisKeys
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 def ledger(redis_url):
     connection = redis.Redis.from_url(redis_url)
     queue = f"tagclip-it-ledger-{uuid.uuid4().hex[:8]}"
-    yield Ledger(connection, RedisKeys(queue), project=5, model_version="tagclip-test")
+    yield Ledger(connection, RedisKeys(queue), ProjectRef.of("http://ls.example:8080", 5), model_version="tagclip-test")
     for key in connection.scan_iter(f"{RedisKeys(queue).prefix}:*"):
         connection.delete(key)
 
@@ -105,7 +105,7 @@ def test_a_chunk_of_a_cancelled_job_is_skipped_without_predicting(redis_url):
     """A worker that takes a chunk just as its job is cancelled skips it: no prediction, no write, no start."""
     from backend.bulk.state import BulkStore
     from backend.contracts.bulk import BulkChunk, BulkTask, build_payload
-    from backend.labelstudio.auth import Source
+    from backend.contracts.source import KeyPlace, SourceRef
     from backend.resolve import Resolver
     from backend.settings import Settings
     from worker.bulk import run_chunk
@@ -122,7 +122,7 @@ def test_a_chunk_of_a_cancelled_job_is_skipped_without_predicting(redis_url):
         label_config="<View/>",
         extra_params={},
         write="import",
-        source=Source("http://127.0.0.1:9", "key"),  # nothing listens: any write would fail
+        source=SourceRef("http://127.0.0.1:9", None, KeyPlace.BULK_JOB),  # nothing listens: any write would fail
         tasks=(BulkTask(7, {"image": "/data/upload/1/a.png"}),),
     )
 

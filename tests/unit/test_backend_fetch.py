@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 
 import pytest
-import requests
 
-from backend.errors import DownloadError, DownloadTooLargeError, ImageSourceError
-from backend.fetch import FetchLimits, ImageFetcher, redact
-from backend.labelstudio.auth import LabelStudioAuth, Source, is_jwt, jwt_expiry
+from backend.errors import DownloadError, DownloadRefusedError, DownloadTooLargeError, ImageSourceError
+from backend.fetch import FetchLimits, ImageFetcher, make_fetcher, redact
+from backend.labelstudio.auth import Source, is_jwt, jwt_expiry
 from tests.fixtures.http_server import serve_directory
 
 pytestmark = pytest.mark.unit
@@ -29,9 +29,11 @@ def other_server(tmp_path_factory):
         yield s
 
 
-def fetcher(max_bytes: int = 10_000, timeout: float = 5.0) -> ImageFetcher:
-    session = requests.Session()
-    return ImageFetcher(session, LabelStudioAuth(session), FetchLimits(max_bytes, timeout))
+def fetcher(
+    max_bytes: int = 10_000, timeout: float = 5.0, allowed: tuple[str, ...] = ("127.0.0.1",), ls_url: str | None = None
+) -> ImageFetcher:
+    """The workers' fetcher; the test servers listen on 127.0.0.1, a private address, so it is allowed."""
+    return make_fetcher(FetchLimits(max_bytes, timeout), ls_url, allowed)
 
 
 def test_relative_url_uses_label_studio_host_and_legacy_token(server):
@@ -102,3 +104,71 @@ def test_jwt_detection_and_expiry():
 
 def test_redact_drops_query():
     assert redact("https://h/p.png?sig=1") == "https://h/p.png"
+
+
+# --- the address policy (backend.netpolicy) ---
+def test_private_addresses_are_refused_by_policy_unless_allowed(server):
+    url = server.put("img.png", b"png-bytes")
+    for allowed in ((), ("localhost",), ("*.example.com",)):
+        with pytest.raises(DownloadRefusedError, match="refused by policy") as info:
+            fetcher(allowed=allowed).fetch(url, 1, Source(None, None))
+        assert "127.0.0.1" not in str(info.value).replace(server.url, "")  # names no internal address
+    assert server.requests == []  # nothing was sent
+    assert fetcher(allowed=("127.0.0.1",)).fetch(url, 1, Source(None, None)) == b"png-bytes"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data/",  # cloud metadata (link-local)
+        "http://10.1.2.3/x.png",
+        "http://192.168.0.1/x.png",
+        "http://[::1]:9/x.png",
+        "http://[::ffff:127.0.0.1]:9/x.png",
+        "http://100.64.0.1/x.png",  # carrier-grade NAT
+        "http://0.0.0.0:9/x.png",
+    ],
+)
+def test_non_public_addresses_are_refused_without_connecting(url):
+    started = time.monotonic()
+    with pytest.raises(DownloadRefusedError, match="refused by policy"):
+        fetcher(allowed=()).fetch(url, 1, Source(None, None))
+    assert time.monotonic() - started < 1.0  # refused at the check, not after a connect timeout
+
+
+def test_every_redirect_hop_obeys_the_policy(server, other_server):
+    """A trusted host redirecting to a private host that is not trusted: the second hop is refused, unsent."""
+    target = other_server.put("x.png", b"other")
+    trusted = server.url.replace("127.0.0.1", "localhost")
+    with pytest.raises(DownloadRefusedError, match="refused by policy"):  # other_server is on 127.0.0.1, not allowed
+        fetcher(allowed=("localhost",)).fetch(f"{trusted}/redirect?to={target}", 1, Source(None, None))
+    assert [r["path"] for r in server.requests] == ["/redirect"]
+    assert other_server.requests == []
+
+
+def test_label_studio_url_host_is_trusted_on_any_address(server):
+    server.put("img.png", b"png-bytes")
+    fetched = fetcher(allowed=(), ls_url=server.url).fetch("/img.png", 1, Source(server.url, "k"))
+    assert fetched == b"png-bytes"
+
+
+def test_the_checked_address_is_the_one_connected_to(monkeypatch):
+    """DNS answers a public address at the check and a private one afterwards: the download connects to the
+    checked address (and fails there, nothing listens), it never resolves the name a second time."""
+    import socket
+
+    real = socket.getaddrinfo
+    answers = iter(["192.0.2.10", "127.0.0.1", "127.0.0.1"])  # 192.0.2.10 is TEST-NET-1: public, unroutable
+    calls = []
+
+    def rebinding(host, port, *args, **kwargs):
+        if host != "rebind.example.test":
+            return real(host, port, *args, **kwargs)
+        address = next(answers)
+        calls.append(address)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    with pytest.raises(DownloadError):
+        fetcher(allowed=(), timeout=1.0).fetch("http://rebind.example.test:9/x.png", 1, Source(None, None))
+    assert calls == ["192.0.2.10"]

@@ -9,7 +9,7 @@ from backend.bulk.planner import BulkRequest, project_extra_params
 from backend.contracts.bulk import BulkChunk, BulkTask, build_payload, parse_payload
 from backend.converters import LABEL_SCORES_KEY, task_regions
 from backend.errors import BulkSetupError, PayloadError
-from backend.labelstudio.auth import Source
+from backend.contracts.source import KeyPlace, SourceRef
 from backend.resolve import Resolver
 from backend.settings import Settings
 from backend.web.app import create_app
@@ -32,7 +32,7 @@ def _chunk(**changes) -> BulkChunk:
         "label_config": CONFIG,
         "extra_params": {"background": "coco"},
         "write": "import",
-        "source": Source("http://ls", "key"),
+        "source": SourceRef("http://ls", None, KeyPlace.BULK_JOB),
         "tasks": (BulkTask(7, {"image": "/data/upload/1/a.png"}),),
     }
     values.update(changes)

@@ -10,7 +10,7 @@ import pytest
 
 from backend.contracts.predict import build_payloads, chunk_size_for
 from backend.errors import ModelMismatchError, PayloadError
-from backend.labelstudio.auth import Source
+from backend.contracts.source import KeyPlace, SourceRef
 from tests.fixtures.http_server import serve_directory
 from tests.integration.stack import CORRUPT_PNG, png_bytes
 from worker.jobs import predict_chunk
@@ -38,7 +38,7 @@ def server(tmp_path_factory):
 
 def payload(tiny_runtime, server, images):
     tasks = [{"id": i + 1, "data": {"image": ref}} for i, ref in enumerate(images)]
-    return build_payloads(copy.deepcopy(CONTROLS), tasks, Source(server.url, "k"), "voc", tiny_runtime.model_key, 10)[0]
+    return build_payloads(copy.deepcopy(CONTROLS), tasks, SourceRef(server.url, "k", KeyPlace.PAYLOAD), "voc", tiny_runtime.model_key, 10)[0]
 
 
 def test_chunk_result_is_plain_json_with_per_task_errors(tiny_runtime, server):
@@ -76,6 +76,6 @@ def test_job_outside_a_runtime_fails_clearly():
 def test_chunking_spreads_over_workers():
     assert chunk_size_for(30, 4, 8) == 8 and chunk_size_for(30, 8, 8) == 4 and chunk_size_for(1, 4, 8) == 1
     tasks = [{"id": i, "data": {"image": f"/{i}.png"}} for i in range(30)]
-    chunks = build_payloads(CONTROLS, tasks, Source(None, None), "voc", "k", 8)
+    chunks = build_payloads(CONTROLS, tasks, SourceRef(None, None, KeyPlace.PAYLOAD), "voc", "k", 8)
     assert [len(c["tasks"]) for c in chunks] == [8, 8, 8, 6]
     assert [t["index"] for c in chunks for t in c["tasks"]] == list(range(30))
