@@ -28,9 +28,21 @@ class BadRequestError(HTTPError):
 
 
 class UnauthorizedError(HTTPError):
-    """Basic auth is configured and the request's credentials are missing or wrong."""
+    """The request's credentials are missing or wrong (basic auth, or a route's own Label Studio key)."""
 
     status = 401
+
+
+class ForbiddenError(HTTPError):
+    """The caller's credentials do not give access to what it asked for."""
+
+    status = 403
+
+
+class PayloadTooLargeError(HTTPError):
+    """The request is over a limit (body size, tasks per /predict)."""
+
+    status = 413
 
 
 class LabelConfigError(HTTPError):
@@ -55,6 +67,10 @@ class EngineUnavailableError(ServiceUnavailableError):
 
 class PayloadError(BackendError):
     """A job payload does not match the job schema (a bug or a version skew between backend and worker)."""
+
+
+class JobRefusedError(BackendError):
+    """A job in Redis names a function the workers do not run, or asks for callbacks."""
 
 
 class ModelMismatchError(BackendError):

@@ -13,7 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from pathlib import Path
 from typing import Any
+
+from tagclip_core.weights import cache_dir_or_default, file_sha256
 
 from .labelconfig import PredictionPlan
 from .settings import Settings
@@ -23,28 +26,19 @@ PREDICTION_FORMAT = 1
 # Bump when the masks of the same image and settings change (mask engine defaults, region converters); it
 # enters only the versions of plans with region controls, so tag-only projects keep theirs.
 MASK_FORMAT = 1
-# Bytes hashed at each end of a checkpoint file (hashing a whole 600 MB file would slow /setup).
-_FINGERPRINT_BYTES = 1 << 20
 
 
-def checkpoint_fingerprint(path: str) -> str:
-    """Content fingerprint of a weights file: its size and its first and last MiB (path-independent)."""
-    digest = hashlib.sha256()
-    size = os.path.getsize(path)
-    digest.update(str(size).encode())
-    with open(path, "rb") as f:
-        digest.update(f.read(_FINGERPRINT_BYTES))
-        if size > 2 * _FINGERPRINT_BYTES:
-            f.seek(-_FINGERPRINT_BYTES, os.SEEK_END)
-            digest.update(f.read(_FINGERPRINT_BYTES))
-    return digest.hexdigest()[:16]
+def checkpoint_fingerprint(path: str, cache_dir: str | None = None) -> str:
+    """Content fingerprint of a weights file: the SHA-256 of the whole file (path-independent). Hashed once and
+    remembered in the cache dir by path, size and modification time (tagclip_core.weights)."""
+    return file_sha256(Path(path), cache_dir_or_default(cache_dir))[:16]
 
 
 def model_key(settings: Settings) -> str:
     """Identity of the weights and numerics a process runs, from settings alone (no model load)."""
     if settings.checkpoint:
         try:
-            weights = "file:" + checkpoint_fingerprint(settings.checkpoint)
+            weights = "file:" + checkpoint_fingerprint(settings.checkpoint, settings.cache_dir)
         except OSError:
             weights = "missing:" + os.path.basename(settings.checkpoint)
     else:

@@ -11,7 +11,7 @@ tagclip:<queue>:bulk:active:<studio>:<project>:<version>   the bulk job taking o
 tagclip:<queue>:bulk:latest:<studio>:<project>:<version>   the newest bulk job of a project and version
 tagclip:<queue>:bulk:ledger:<studio>:<project>:<version>   per-task write claims (backend.bulk.ledger)
 <studio> names the Label Studio (a hash of its URL's origin): two Label Studios' project 1 never share state.
-tagclip:<queue>:bulk:costs:<project>      write-back method costs (backend.bulk.method)
+tagclip:<queue>:bulk:costs:<studio>:<project>   write-back method costs (backend.bulk.method)
 """
 
 from __future__ import annotations
@@ -94,5 +94,5 @@ class RedisKeys:
     def ledger(self, project: ProjectRef, version: str) -> str:
         return f"{self.prefix}:bulk:ledger:{project}:{version}"
 
-    def write_costs(self, project: int) -> str:
+    def write_costs(self, project: ProjectRef) -> str:
         return f"{self.prefix}:bulk:costs:{project}"

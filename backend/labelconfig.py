@@ -25,6 +25,9 @@ from .errors import LabelConfigError
 
 log = logging.getLogger(__name__)
 
+# Labels one control may have unless the caller says otherwise (Settings.max_labels_per_control).
+DEFAULT_MAX_LABELS = 10_000
+
 
 @dataclass(frozen=True)
 class PredictionPlan:
@@ -58,9 +61,13 @@ class ParsedConfig:
 
 
 def parse_label_config(
-    config_xml: str, default_threshold: float | None = None, mask_defaults: MaskDefaults | None = None
+    config_xml: str,
+    default_threshold: float | None = None,
+    mask_defaults: MaskDefaults | None = None,
+    max_labels: int = DEFAULT_MAX_LABELS,
 ) -> ParsedConfig:
-    """Parse a label config; raises LabelConfigError when it is not a usable config.
+    """Parse a label config; raises LabelConfigError when it is not a usable config, or a control has more than
+    `max_labels` labels (MAX_LABELS_PER_CONTROL).
 
     default_threshold and mask_defaults (mode, minimum region size, on/off) apply to controls whose tag
     attributes do not set them: a tag attribute wins over the project's extra_params, which win over the
@@ -94,6 +101,11 @@ def parse_label_config(
             continue
         read = converter.read_plan(control, images, config_xml, default_threshold)
         if not isinstance(read, str):
+            if len(read.classes) > max_labels:
+                raise LabelConfigError(
+                    f"{control.tag} {control.name!r} has {len(read.classes)} labels, over "
+                    f"MAX_LABELS_PER_CONTROL={max_labels}"
+                )
             readable.append(read)
         planned = converter.plan(control, images, config_xml, default_threshold)
         if isinstance(planned, str):
@@ -108,8 +120,9 @@ def parse_label_config(
 class LabelConfigCache:
     """A small thread-safe LRU of parsed configs (Label Studio sends the config with every /predict)."""
 
-    def __init__(self, size: int = 64) -> None:
+    def __init__(self, size: int = 64, max_labels: int = DEFAULT_MAX_LABELS) -> None:
         self._size = size
+        self._max_labels = max_labels
         self._items: OrderedDict[tuple[str, float | None, MaskDefaults | None], ParsedConfig] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -121,7 +134,7 @@ class LabelConfigCache:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        parsed = parse_label_config(config_xml, default_threshold, mask_defaults)
+        parsed = parse_label_config(config_xml, default_threshold, mask_defaults, self._max_labels)
         if parsed.plan.skipped:
             log.info("label config: not predicted: %s", "; ".join(parsed.plan.skipped))
         if not parsed.plan.controls:

@@ -62,7 +62,7 @@ class Resolver:
 
     def __init__(self, settings: Settings, configs: LabelConfigCache | None = None) -> None:
         self.settings = settings
-        self.configs = configs or LabelConfigCache()
+        self.configs = configs or LabelConfigCache(max_labels=settings.max_labels_per_control)
         self._model_key: str | None = None
         self._lock = threading.Lock()
 

@@ -71,5 +71,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _warm_up(worker) -> None:
-    """Start loading the model (embedded mode) as soon as the process is up, not at the first request."""
-    worker.wsgi.extensions["tagclip"].dispatcher.warm_up()
+    """Start loading the model (embedded mode) and hashing the weights as soon as the process is up, not at the
+    first request."""
+    from backend.web.app import warm_up
+
+    warm_up(worker.wsgi)

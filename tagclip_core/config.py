@@ -94,6 +94,9 @@ class TextConfig:
     batch_size: int = 256
     # Keep classifiers on disk under the cache dir (keyed by model, prompts and templates).
     disk_cache: bool = True
+    # Prompt columns kept in memory (about 2 KB each for ViT-B/16); the least recently used go first, never
+    # those of the classes being set.
+    max_cached_prompts: int = 50_000
 
 
 @dataclass(frozen=True)

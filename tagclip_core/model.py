@@ -19,10 +19,11 @@ import open_clip
 import torch
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
-from platformdirs import user_cache_dir
 
 from .config import ModelSpec
 from .errors import CheckpointFormatError, UnsupportedModelError, WeightsUnavailableError
+from .weights import cache_dir_or_default, download_verified, expected_sha256
+from .weights import default_cache_dir as default_cache_dir  # re-exported: it lived here
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +69,8 @@ class LoadedClip:
         return len(self.model.visual.transformer.resblocks)
 
 
-def default_cache_dir() -> Path:
-    return Path(user_cache_dir("tagclip"))
-
-
 def resolve_cache_dir(spec: ModelSpec) -> Path:
-    return Path(spec.cache_dir).expanduser() if spec.cache_dir else default_cache_dir()
+    return cache_dir_or_default(spec.cache_dir)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -202,7 +199,7 @@ def locate_pretrained_weights(spec: ModelSpec) -> Path:
     if not spec.allow_download:
         raise WeightsUnavailableError(_missing_weights_message(url, f"{target} does not exist and downloads are off"))
     _check_reachable(url)
-    return Path(open_clip.pretrained.download_pretrained_from_url(url, cache_dir=str(weights_dir)))
+    return download_verified(url, target, expected_sha256(url))
 
 
 def _ensure_supported(model: CLIP) -> None:

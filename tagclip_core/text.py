@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -67,14 +68,23 @@ class TextClassifierCache:
         precision = str(model.positional_embedding.dtype).removeprefix("torch.")
         key_dir = Path("text") / model_id / f"{templates_key}-{precision}"
         self._disk_dir = cache_dir / key_dir if cache_dir and config.disk_cache else None
-        self._memory: dict[str, torch.Tensor] = {}
+        self._memory: OrderedDict[str, torch.Tensor] = OrderedDict()
 
     def columns(self, prompts: Sequence[str]) -> torch.Tensor:
         """Classifier matrix [len(prompts), E] (float32, on the model's device) for the prompts, in order."""
         missing = [p for p in dict.fromkeys(prompts) if p not in self._memory and not self._load_from_disk(p)]
         if missing:
             self._build(missing)
-        return torch.stack([self._memory[p] for p in prompts])
+        for prompt in prompts:
+            self._memory.move_to_end(prompt)
+        matrix = torch.stack([self._memory[p] for p in prompts])
+        self._forget_least_used()
+        return matrix
+
+    def _forget_least_used(self) -> None:
+        """Keep at most max_cached_prompts columns (the ones just used are the most recent: they stay)."""
+        while len(self._memory) > self._config.max_cached_prompts:
+            self._memory.popitem(last=False)
 
     def _build(self, prompts: list[str]) -> None:
         texts = [template.format(prompt) for prompt in prompts for template in self._config.templates]

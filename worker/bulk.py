@@ -24,6 +24,7 @@ from backend.errors import ModelMismatchError
 from backend.keys import ProjectRef, RedisKeys
 from backend.labelstudio.auth import Source
 from backend.labelstudio.client import LabelStudioClient
+from backend.netpolicy import AddressPolicy, GuardedSessions
 from backend.resolve import Resolution, Resolver
 from backend.results import task_result
 
@@ -77,7 +78,10 @@ def run_chunk(payload: Any, predict: TaskPredictor, redis: Redis, resolver: Reso
     items, failed = predictions_for(source, pending, resolution, predict) if pending else ({}, {})
     predict_seconds = time.perf_counter() - started
 
-    client = LabelStudioClient(source)
+    settings = resolver.settings
+    # The chunk's Label Studio came from the planner's caller: it obeys the address policy here too.
+    sessions = GuardedSessions(AddressPolicy.of(settings.label_studio_url, settings.allowed_hosts))
+    client = LabelStudioClient(source, session=sessions.for_url(source.url or ""))
     writer = PredictionWriter(client, ledger, chunk.project, chunk.model_version, chunk.write, owner)
     outcome = writer.write(items)
     failed.update(outcome.failed)

@@ -36,6 +36,7 @@ from backend.keys import RedisKeys
 from backend.logging_setup import configure_logging
 from backend.settings import Settings
 
+from .jobclass import ProjectJob
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -153,13 +154,14 @@ def run_worker(settings: Settings, name: str | None = None, burst: bool = False)
                 continue
             delay = 0.5
             keys = RedisKeys(settings.queue_name)
-            queue = Queue(keys.predict_queue, connection=connection, serializer=JSONSerializer)
+            queue = Queue(keys.predict_queue, connection=connection, serializer=JSONSerializer, job_class=ProjectJob)
             # Bulk pre-annotation chunks wait behind interactive /predict jobs (RQ takes queues in order).
-            bulk = Queue(keys.bulk_queue, connection=connection, serializer=JSONSerializer)
+            bulk = Queue(keys.bulk_queue, connection=connection, serializer=JSONSerializer, job_class=ProjectJob)
             worker = TagclipWorker(
                 [queue, bulk],
                 connection=connection,
                 serializer=JSONSerializer,
+                job_class=ProjectJob,
                 runtime=runtime,
                 keys=keys,
                 heartbeat_interval=settings.worker_heartbeat,

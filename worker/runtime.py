@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from typing import Any
 
+from backend.contracts.source import configured_studio
 from backend.fetch import FetchLimits, make_fetcher
 from backend.resolve import Resolver
 from backend.settings import Settings
@@ -102,6 +103,9 @@ class Runtime:
             "model_id": self.engine.model_id,
             "model_key": self.model_key,
             "device": str(resolve_device(self.settings.device)),
+            # Which Label Studio this worker holds a key for (its origin's id, never the key): jobs for it
+            # need not carry one (backend.contracts.source).
+            "studio_key": configured_studio(self.settings),
         }
 
     @contextlib.contextmanager

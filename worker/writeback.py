@@ -62,7 +62,7 @@ class PredictionWriter:
         self.model_version = model_version
         self.method = method
         self.owner = owner
-        self.costs = costs or WriteCosts(ledger.redis, ledger.keys, project)
+        self.costs = costs or WriteCosts(ledger.redis, ledger.keys, ledger.project)
 
     def write(self, items: Mapping[int, Mapping[str, Any]]) -> WriteOutcome:
         """Write `items` (task id -> prediction body) exactly once each."""

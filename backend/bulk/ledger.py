@@ -103,6 +103,7 @@ class Ledger:
     def __init__(self, redis: Redis, keys: RedisKeys, project: ProjectRef, model_version: str) -> None:
         self.redis = redis
         self.keys = keys
+        self.project = project
         self.key = keys.ledger(project, model_version)
         self._claim = redis.register_script(_CLAIM)
         self._release = redis.register_script(_RELEASE)

@@ -9,7 +9,7 @@ estimates follow the project as it fills. A probe of the per-task POSTs writes o
 chunk that way (their cost is per task; the rest goes by import); a probe of the import takes a whole chunk
 (its cost is mostly per call).
 
-    RedisKeys.write_costs(project)   hash: import, single (seconds per task, averaged), chunks
+    RedisKeys.write_costs(project of its Label Studio)   hash: import, single (seconds per task, averaged), chunks
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 from redis import Redis
 
 from ..contracts.bulk import WriteMethod
-from ..keys import RedisKeys
+from ..keys import ProjectRef, RedisKeys
 
 # Weight of the newest chunk in the running averages.
 SMOOTHING = 0.3
@@ -30,7 +30,7 @@ COSTS_TTL = 24 * 3600
 
 
 class WriteCosts:
-    def __init__(self, redis: Redis, keys: RedisKeys, project: int) -> None:
+    def __init__(self, redis: Redis, keys: RedisKeys, project: ProjectRef) -> None:
         self.redis = redis
         self.key = keys.write_costs(project)
 

@@ -48,6 +48,8 @@ DEFAULT_PAGE_SIZE = 500
 # recounts every predicted task of the project per call (~1 s per 1,000 of them), so bigger chunks
 # amortize it (docs/bulk.md).
 DEFAULT_CHUNK_SIZE = 64
+# Most tasks per chunk a request may ask for (a chunk is one job, one import call and one Label Studio check).
+MAX_CHUNK_SIZE = 1000
 # Finished chunk results are kept this long in Redis; failed ones a week (rq-dashboard shows them).
 RESULT_TTL = 3600
 FAILURE_TTL = 7 * 24 * 3600
@@ -71,6 +73,8 @@ class BulkRequest:
     def __post_init__(self) -> None:
         if self.chunk_size <= 0 or self.page_size <= 0:
             raise BulkSetupError(f"chunk size and page size must be positive, got {self.chunk_size}, {self.page_size}")
+        if self.chunk_size > MAX_CHUNK_SIZE:
+            raise BulkSetupError(f"chunk size must be at most {MAX_CHUNK_SIZE}, got {self.chunk_size}")
         if self.write not in WRITE_METHODS:
             raise BulkSetupError(f"write method must be one of {WRITE_METHODS}, got {self.write!r}")
         object.__setattr__(self, "write", WriteMethod(self.write))
@@ -115,8 +119,9 @@ class BulkPlanner:
         self.keys = RedisKeys(settings.queue_name)
         self.store = BulkStore(redis, self.keys)
         self.queue = Queue(self.keys.bulk_queue, connection=redis, serializer=JSONSerializer)
-        # How chunks name the Label Studio key: the workers' own, or the job's credential (backend.contracts.source).
-        self.source = source_ref(client.source, settings.label_studio, bulk_job=True)
+        # Chunks name the job's credential, which Redis keeps while the job runs (backend.contracts.source): the
+        # planner cannot know which workers, started with which keys, will take them.
+        self.source = source_ref(client.source, workers_hold_key=False, bulk_job=True)
 
     def project(self, project: int) -> ProjectRef:
         """`project` of this planner's Label Studio."""

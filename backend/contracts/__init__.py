@@ -1,2 +1,14 @@
 """The plain-JSON payloads that cross the RQ queues, built by the web process or the planner and checked by the
-workers: `predict` (a /predict chunk: tasks, controls, source) and `bulk` (a bulk pre-annotation chunk)."""
+workers: `predict` (a /predict chunk: tasks, controls, source) and `bulk` (a bulk pre-annotation chunk), and
+`source` (how a payload names its Label Studio and key).
+
+JOB_FUNCTIONS lists, by dotted path, every function a worker runs: a job naming anything else is refused
+(worker.jobclass), so write access to Redis is not a way to run code in the workers.
+"""
+
+from __future__ import annotations
+
+from .bulk import JOB_FUNCTION as BULK_JOB_FUNCTION
+from .predict import JOB_FUNCTION as PREDICT_JOB_FUNCTION
+
+JOB_FUNCTIONS = frozenset({PREDICT_JOB_FUNCTION, BULK_JOB_FUNCTION})

@@ -3,7 +3,8 @@ payloads when a worker can find them elsewhere, so job data and failure records 
 
     {"url": str | null, "api_key": str | null, "key": "payload" | "worker" | "bulk_job"}
 
-* "worker": the URL is the workers' own LABEL_STUDIO_URL; each worker uses its LABEL_STUDIO_API_KEY.
+* "worker": the URL is the workers' own LABEL_STUDIO_URL; each worker uses its LABEL_STUDIO_API_KEY. Used only
+  when every live worker announces a key for that Label Studio (its presence's `studio_key`).
 * "bulk_job": the bulk job's credential in Redis (backend.bulk.state), which lives only while the job does.
 * "payload": the key travels in `api_key` (the token Label Studio sent in /setup, to a Label Studio the
   workers have no key for); such a job's data expires with it (backend.web.dispatch's TTLs).
@@ -18,7 +19,8 @@ from enum import Enum
 from typing import Any
 
 from ..errors import LabelStudioAuthError, PayloadError
-from ..labelstudio.auth import Source, same_origin
+from ..labelstudio.auth import Source, origin_id, same_origin
+from ..settings import Settings
 
 
 class KeyPlace(str, Enum):
@@ -55,11 +57,16 @@ class SourceRef:
         return cls(url=data.get("url"), api_key=api_key, key=place)
 
 
-def source_ref(source: Source, configured: Source | None, bulk_job: bool = False) -> SourceRef:
-    """The reference a payload carries for `source`: the workers' own key when `source` is the configured Label
-    Studio with its configured key; else the bulk job's credential (bulk chunks); else the key itself."""
-    workers_own = configured is not None and configured.api_key and source.api_key == configured.api_key
-    if workers_own and same_origin(source.url, configured.url):  # type: ignore[union-attr]
+def configured_studio(settings: Settings) -> str | None:
+    """The origin id of the Label Studio a process holds a key for (LABEL_STUDIO_URL with LABEL_STUDIO_API_KEY)."""
+    configured = settings.label_studio
+    return origin_id(configured.url) if configured and configured.url and configured.api_key else None
+
+
+def source_ref(source: Source, workers_hold_key: bool, bulk_job: bool = False) -> SourceRef:
+    """The reference a payload carries for `source`: the workers' own key when they all hold one for its Label
+    Studio; else the bulk job's credential (bulk chunks); else the key itself."""
+    if workers_hold_key:
         return SourceRef(source.url, None, KeyPlace.WORKER)
     if bulk_job and source.api_key:
         return SourceRef(source.url, None, KeyPlace.BULK_JOB)

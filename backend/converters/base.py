@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -126,8 +127,8 @@ class Converter(ABC):
         classes = self.classes(control, config_xml)
         if not classes:
             return f"{self.tag} {control.name!r} has no labels"
-        labels = [c.label for c in classes]
-        duplicates = sorted({x for x in labels if labels.count(x) > 1})
+        counts = Counter(c.label for c in classes)  # linear: label configs may hold thousands of labels
+        duplicates = sorted(label for label, n in counts.items() if n > 1)
         if duplicates:
             raise LabelConfigError(f"{self.tag} {control.name!r} has duplicate labels: {duplicates}")
         threshold = parse_threshold(control, default_threshold)

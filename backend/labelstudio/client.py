@@ -18,6 +18,7 @@ from typing import Any
 import requests
 
 from ..errors import LabelStudioAPIError, LabelStudioAuthError
+from ..netpolicy import REFUSED, is_refusal
 from ..redaction import scrub
 from .auth import LabelStudioAuth, Source, is_jwt
 
@@ -81,6 +82,8 @@ class LabelStudioClient:
                 timeout=timeout or self.timeout,
             )
         except requests.RequestException as e:
+            if is_refusal(e):
+                raise LabelStudioAPIError(f"Label Studio {method} {path} {REFUSED}") from e
             raise LabelStudioAPIError(
                 f"Label Studio {method} {path} failed: {type(e).__name__}: {scrub(str(e))}"
             ) from e

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -26,8 +27,17 @@ log = logging.getLogger(__name__)
 
 # Routes that answer without basic auth: /health reveals only readiness, /webhook does nothing but log.
 PUBLIC_ENDPOINTS = frozenset({"health", "webhook", "index", "static"})
-# Label Studio sends every selected task in one request (35 KB for 69 tasks, measured).
-MAX_BODY_BYTES = 64 * 1024 * 1024
+# Largest request body per route; a larger one gets 413 before it is read. Label Studio sends every selected
+# task in one /predict (35 KB for 69 tasks, measured); a label config of 10,000 labels is about 0.5 MB.
+BODY_LIMITS = {
+    "predict": 64 * 1024 * 1024,
+    "setup": 8 * 1024 * 1024,
+    "webhook": 64 * 1024,
+    "jobs_create": 64 * 1024,
+    "jobs_retry": 64 * 1024,
+    "jobs_cancel": 64 * 1024,
+}
+DEFAULT_BODY_LIMIT = 64 * 1024
 
 
 @dataclass
@@ -51,7 +61,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     state = BackendState(settings, dispatcher, service, metrics)
 
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.config["MAX_CONTENT_LENGTH"] = DEFAULT_BODY_LIMIT
     app.extensions["tagclip"] = state
     app.before_request(_before)
     app.after_request(_after)
@@ -69,6 +79,14 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     return app
 
 
+def warm_up(app: Flask) -> None:
+    """Start what takes long, without waiting for it: the embedded model's load, and hashing the checkpoint for
+    model_version (the first /setup must answer within Label Studio's 3 s)."""
+    state: BackendState = app.extensions["tagclip"]
+    state.dispatcher.warm_up()
+    threading.Thread(target=lambda: state.service.resolver.model_key, name="tagclip-model-key", daemon=True).start()
+
+
 def _state() -> BackendState:
     return current_app.extensions["tagclip"]
 
@@ -83,6 +101,7 @@ def _json_body() -> dict[str, Any]:
 # --- hooks ---
 def _before() -> None:
     g.started = time.perf_counter()
+    request.max_content_length = BODY_LIMITS.get(request.endpoint or "", DEFAULT_BODY_LIMIT)
     credentials = _state().settings.basic_auth
     if credentials is None or request.endpoint in PUBLIC_ENDPOINTS:
         return
@@ -141,12 +160,10 @@ def _predict() -> Response:
 
 
 def _webhook() -> tuple[Response, int]:
-    try:
-        body = request.get_json(silent=True, force=True)
-        action = body.get("action") if isinstance(body, dict) else None
-        log.info("webhook: action=%s (%d bytes)", action, request.content_length or 0)
-    except Exception as e:  # a webhook never fails
-        log.info("webhook: unreadable body: %s", e)
+    # At most BODY_LIMITS["webhook"] bytes are read: a larger body is answered 413 unparsed.
+    body = request.get_json(silent=True, force=True)
+    action = body.get("action") if isinstance(body, dict) else None
+    log.info("webhook: action=%s (%d bytes)", action, request.content_length or 0)
     return jsonify({}), 200
 
 

@@ -28,8 +28,10 @@ from rq.serializers import JSONSerializer
 
 from .. import presence
 from ..contracts.predict import JOB_FUNCTION, RUNTIME_LOADER
+from ..contracts.source import configured_studio
 from ..errors import EngineUnavailableError, QueueUnavailableError
 from ..keys import RedisKeys
+from ..labelstudio.auth import Source, same_origin
 from ..redaction import scrub
 from ..settings import Settings
 
@@ -40,7 +42,8 @@ POLL_INTERVAL = 0.05
 ABANDONED_CHECK_INTERVAL = 1.0
 # Finished job results are kept this long in Redis (they are read within the request).
 RESULT_TTL = 300
-FAILURE_TTL = 24 * 3600
+# Failed jobs stay for inspection (rq-dashboard) this long; a job holds a /setup token when it names one.
+FAILURE_TTL = 3600
 # Seconds between tries to load the embedded engine after a failure.
 EMBEDDED_RELOAD_INTERVAL = 30.0
 
@@ -75,6 +78,11 @@ class Dispatcher(ABC):
     @abstractmethod
     def queue_depth(self) -> int | None:
         """Jobs waiting; None when it cannot be read."""
+
+    @abstractmethod
+    def engines_hold_key(self, source: Source) -> bool:
+        """True when every engine that may run a job holds its own key for `source`'s Label Studio, and `source`'s
+        key is that key (so payloads need not carry it)."""
 
     def warm_up(self) -> None:  # noqa: B027 - an optional hook, a no-op unless overridden
         """Start whatever takes long (embedded: loading the model) without waiting for it."""
@@ -209,6 +217,16 @@ class RedisDispatcher(Dispatcher):
         except RedisError:
             return 0
 
+    def engines_hold_key(self, source: Source) -> bool:
+        if not _is_configured(self._settings, source):
+            return False
+        try:
+            workers = presence.alive(self._fast_redis, self._keys)
+        except RedisError:
+            return False
+        studio = configured_studio(self._settings)
+        return bool(workers) and all(w.get("studio_key") == studio for w in workers)
+
     def queue_depth(self) -> int | None:
         try:
             return int(self._fast_redis.llen(self.queue.key))
@@ -316,11 +334,25 @@ class EmbeddedDispatcher(Dispatcher):
     def worker_count(self) -> int:
         return self._settings.embedded_threads
 
+    def engines_hold_key(self, source: Source) -> bool:
+        return _is_configured(self._settings, source)  # the engine runs here, with these settings
+
     def queue_depth(self) -> int | None:
         return self._pending
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _is_configured(settings: Settings, source: Source) -> bool:
+    """`source` is LABEL_STUDIO_URL with LABEL_STUDIO_API_KEY."""
+    configured = settings.label_studio
+    return bool(
+        configured
+        and configured.api_key
+        and source.api_key == configured.api_key
+        and same_origin(source.url, configured.url)
+    )
 
 
 def make_dispatcher(settings: Settings) -> Dispatcher:

@@ -1,7 +1,8 @@
 """What /setup told us about each project (Label Studio hostname, token, extra_params), for /predict.
 
-Kept in memory, and in Redis when there is one, so several gunicorn processes share it. Label Studio
-calls /setup before every /predict, so a lost entry is rebuilt at the next call.
+Kept in memory (the most recent MAX_PROJECTS_IN_MEMORY projects), and in Redis when there is one, so several
+gunicorn processes share it. Label Studio calls /setup before every prediction run, so an entry that expired
+(PROJECT_TTL_SECONDS: the token it holds is not kept longer) is rebuilt at the next call.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -19,8 +21,10 @@ from ..keys import RedisKeys
 
 log = logging.getLogger(__name__)
 
-# Redis entries expire after a week without /setup.
-PROJECT_TTL_SECONDS = 7 * 24 * 3600
+# Redis entries (they hold a token) expire an hour after the project's last /setup.
+PROJECT_TTL_SECONDS = 3600
+# Projects remembered in one process's memory; the least recently used one goes first.
+MAX_PROJECTS_IN_MEMORY = 1024
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,7 @@ class ProjectContext:
 
 class ProjectStore:
     def __init__(self, redis: Redis | None = None, keys: RedisKeys | None = None) -> None:
-        self._memory: dict[str, ProjectContext] = {}
+        self._memory: OrderedDict[str, ProjectContext] = OrderedDict()
         self._lock = threading.Lock()
         self._redis = redis
         self._keys = keys or RedisKeys("tagclip")
@@ -41,6 +45,9 @@ class ProjectStore:
     def put(self, project: str, context: ProjectContext) -> None:
         with self._lock:
             self._memory[project] = context
+            self._memory.move_to_end(project)
+            while len(self._memory) > MAX_PROJECTS_IN_MEMORY:
+                self._memory.popitem(last=False)
         if self._redis is not None:
             try:
                 self._redis.set(self._keys.project(project), json.dumps(asdict(context)), ex=PROJECT_TTL_SECONDS)

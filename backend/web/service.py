@@ -17,7 +17,7 @@ from typing import Any
 
 from ..contracts.predict import build_payloads, chunk_size_for
 from ..contracts.source import source_ref
-from ..errors import BadRequestError
+from ..errors import BadRequestError, PayloadTooLargeError
 from ..labelstudio.auth import Source, task_source
 from ..resolve import Resolution, Resolver
 from ..results import task_result
@@ -80,6 +80,11 @@ class PredictionService:
             raise BadRequestError("body must have 'tasks': a list of Label Studio tasks")
         if not all(isinstance(t, Mapping) for t in tasks):
             raise BadRequestError("every entry of 'tasks' must be an object")
+        if len(tasks) > self.settings.max_predict_tasks:
+            raise PayloadTooLargeError(
+                f"{len(tasks)} tasks in one /predict, over MAX_PREDICT_TASKS={self.settings.max_predict_tasks}: "
+                "select fewer tasks, or pre-annotate the project with `tagclip preannotate`"
+            )
         project = str(body.get("project") or "")
         context = self.projects.get(project) if project else None
         config = body.get("label_config") or (context.schema if context else None)
@@ -106,7 +111,7 @@ class PredictionService:
         payloads = build_payloads(
             [c.to_payload() for c in plan.controls],
             tasks,
-            source_ref(source, self.settings.label_studio),
+            source_ref(source, self.dispatcher.engines_hold_key(source)),
             resolution.options.background,
             resolution.model_key,
             chunk,

@@ -61,6 +61,8 @@ def engine_env(tiny_checkpoint, tmp_path_factory) -> dict[str, str]:
             "TAGCLIP_DEVICE": "cpu",
             "TAGCLIP_ALLOW_DOWNLOAD": "false",
             "WORKER_HEARTBEAT": "1",
+            # Label Studio and the tests' image servers listen on loopback, a private address.
+            "ALLOWED_IMAGE_HOSTS": "127.0.0.1",
             "PREDICT_TIMEOUT": "80",
             "LOG_LEVEL": "INFO",
             # Two cores shared by Label Studio, the backend and the workers: one torch thread per worker.

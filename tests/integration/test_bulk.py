@@ -158,7 +158,7 @@ def test_running_again_writes_nothing_and_the_job_is_visible_over_http(interrupt
     assert code == 1 and status["written"] == 0 and status["total"] == 2 and status["failed"] == 2
     after = {p["id"] for ps in predictions_by_task(label_studio, project.id).values() for p in ps}
     assert after == before
-    answer = requests.get(f"{workers.url}/jobs/{run['job']}", timeout=10).json()
+    answer = requests.get(f"{workers.url}/jobs/{run['job']}", headers=studio_headers(label_studio), timeout=10).json()
     assert answer["state"] == "done" and answer["done"] == N_TASKS - 2 and answer["project"] == project.id
 
 
@@ -179,6 +179,11 @@ def _planner(workers, label_studio) -> BulkPlanner:
 
     client = LabelStudioClient(Source(label_studio.url, label_studio.token))
     return BulkPlanner(settings, Redis.from_url(settings.redis_url), client)
+
+
+def studio_headers(label_studio) -> dict[str, str]:
+    """What a caller of /jobs brings when the backend has no basic auth: its Label Studio and a key of it."""
+    return {"X-Label-Studio-Url": label_studio.url, "X-Label-Studio-Key": label_studio.token}
 
 
 def _follow(planner: BulkPlanner, job: str, timeout: float = 180) -> dict:
@@ -231,7 +236,7 @@ def test_jobs_over_http_with_one_post_per_task(label_studio, workers, artifacts)
     def follow(job: str) -> dict:
         return wait_until(
             lambda: (lambda s: s if s["state"] == "done" else None)(
-                requests.get(f"{workers.url}/jobs/{job}", timeout=10).json()
+                requests.get(f"{workers.url}/jobs/{job}", headers=studio_headers(label_studio), timeout=10).json()
             ),
             180,
             interval=0.3,
@@ -252,10 +257,10 @@ def test_jobs_over_http_with_one_post_per_task(label_studio, workers, artifacts)
     assert nothing["total"] == 0
     assert all(len(p) == 1 for p in predictions_by_task(label_studio, project.id).values())
     assert len(predictions_by_task(label_studio, project.id)) == 10
-    missing = requests.get(workers.url + "/jobs/nope", timeout=10)
+    missing = requests.get(workers.url + "/jobs/nope", headers=studio_headers(label_studio), timeout=10)
     assert missing.status_code == 404 and "no bulk job" in missing.json()["error"]
     bad = requests.post(workers.url + "/jobs", json={"project": 999999, **keys}, timeout=30)
-    assert bad.status_code == 502 and "404" in bad.json()["error"]
+    assert bad.status_code == 403 and "999999" in bad.json()["error"] and "404" in bad.json()["error"]
     record_figure(artifacts, "bulk_single_post", {"store_s_per_task": first["store_s_per_task"], "tasks": 6})
 
 
@@ -437,9 +442,10 @@ def test_cancel_drops_waiting_chunks_and_a_rerun_resumes(label_studio, workers, 
     assert not [j for j in queue.get_job_ids() if j.startswith(f"tagclip-bulk-{job}-")]
     stored = predictions_by_task(label_studio, project.id)
     assert len(stored) == status["done"] and all(len(p) == 1 for p in stored.values())
-    over_http = requests.get(f"{workers.url}/jobs/{job}", timeout=10).json()
+    over_http = requests.get(f"{workers.url}/jobs/{job}", headers=studio_headers(label_studio), timeout=10).json()
     assert over_http["state"] == "cancelled" and over_http["cancelled_at"] is not None
-    again = requests.post(f"{workers.url}/jobs/{job}/cancel", timeout=10)
+    assert requests.get(f"{workers.url}/jobs/{job}", timeout=10).status_code == 401  # no Label Studio key: no status
+    again = requests.post(f"{workers.url}/jobs/{job}/cancel", headers=studio_headers(label_studio), timeout=10)
     assert again.status_code == 202 and again.json()["dropped_chunks"] == 0 and again.json()["state"] == "cancelled"
     # The cancelled job takes on nothing more, and its failed tasks cannot be retried: a rerun is the way.
     planner = _planner(workers, label_studio)
@@ -451,5 +457,6 @@ def test_cancel_drops_waiting_chunks_and_a_rerun_resumes(label_studio, workers, 
     assert code == 0, stdout
     assert rerun["id"] != job and rerun["state"] == "done" and rerun["total"] == status["cancelled"]
     assert_exactly_one(label_studio, project, version, project.tasks)
-    late = requests.post(f"{workers.url}/jobs/{rerun['id']}/cancel", timeout=10).json()
+    late = requests.post(f"{workers.url}/jobs/{rerun['id']}/cancel", headers=studio_headers(label_studio), timeout=10)
+    late = late.json()
     assert late["already_finished"] is True and late["state"] == "done"  # a finished job stays as it was

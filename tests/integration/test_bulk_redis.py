@@ -81,7 +81,7 @@ def test_forgetting_done_marks_leaves_claims(ledger):
 
 
 def test_auto_write_method_measures_both_then_takes_the_cheaper_and_probes(ledger):
-    costs = WriteCosts(ledger.redis, ledger.keys, project=5)
+    costs = WriteCosts(ledger.redis, ledger.keys, ledger.project)
     assert costs.plan("single", 64) == [("single", 64)]  # an explicit method is kept
     assert costs.plan("auto", 0) == []
     assert costs.plan("auto", 64) == [("import", 64)]  # no estimate yet: the import first
@@ -137,4 +137,25 @@ def test_a_chunk_of_a_cancelled_job_is_skipped_without_predicting(redis_url):
         assert "started_at" not in store.info(job) and store.cancelled_at(job) is not None
     finally:
         for key in connection.scan_iter(f"{RedisKeys(queue).prefix}:*"):
+            connection.delete(key)
+
+
+def test_two_label_studios_never_share_claims_or_active_jobs(redis_url):
+    """Project 5 of one Label Studio and project 5 of another are different projects in every key."""
+    from backend.bulk.state import BulkStore
+
+    connection = redis.Redis.from_url(redis_url)
+    keys = RedisKeys(f"tagclip-it-studios-{uuid.uuid4().hex[:8]}")
+    one = ProjectRef.of("http://studio-one:8080", 5)
+    other = ProjectRef.of("https://studio-two.example", 5)
+    try:
+        first = Ledger(connection, keys, one, "tagclip-v").claim([1, 2], owner_name("w", 1))
+        second = Ledger(connection, keys, other, "tagclip-v").claim([1, 2], owner_name("w", 2))
+        assert first.claimed == [1, 2] and second.claimed == [1, 2] and not second.busy
+        store = BulkStore(connection, keys)
+        assert store.claim_active(one, "tagclip-v", "job-a") == "job-a"
+        assert store.claim_active(other, "tagclip-v", "job-b") == "job-b"
+        assert store.active(one, "tagclip-v") == "job-a" and store.active(other, "tagclip-v") == "job-b"
+    finally:
+        for key in connection.scan_iter(f"{keys.prefix}:*"):
             connection.delete(key)

@@ -4,11 +4,10 @@ Bearer access token), a refused key, and a cloud URI through the task resolver w
 from __future__ import annotations
 
 import pytest
-import requests
 
 from backend.errors import DownloadError, LabelStudioAuthError
-from backend.fetch import FetchLimits, ImageFetcher
-from backend.labelstudio.auth import LabelStudioAuth, Source, is_jwt
+from backend.fetch import FetchLimits, make_fetcher
+from backend.labelstudio.auth import Source, is_jwt
 
 from .stack import image_files
 
@@ -32,18 +31,19 @@ def personal_access_token(label_studio) -> str:
     return created.json()["token"]
 
 
-def fetcher() -> ImageFetcher:
-    session = requests.Session()
-    return ImageFetcher(session, LabelStudioAuth(session), FetchLimits(10 * 1024 * 1024, 20))
+@pytest.fixture
+def fetcher(label_studio):
+    """The workers' fetcher, with this Label Studio as LABEL_STUDIO_URL (its host is trusted on loopback)."""
+    return lambda: make_fetcher(FetchLimits(10 * 1024 * 1024, 20), label_studio.url, ())
 
 
-def test_relative_upload_url_with_legacy_token(label_studio, uploaded):
+def test_relative_upload_url_with_legacy_token(label_studio, uploaded, fetcher):
     task_id, url = uploaded
     assert url.startswith("/data/upload/")
     assert fetcher().fetch(url, task_id, Source(label_studio.url, label_studio.token)).startswith(b"\x89PNG")
 
 
-def test_personal_access_token_is_exchanged_and_cached(label_studio, uploaded, personal_access_token):
+def test_personal_access_token_is_exchanged_and_cached(label_studio, uploaded, personal_access_token, fetcher):
     task_id, url = uploaded
     assert is_jwt(personal_access_token)
     f = fetcher()
@@ -52,7 +52,7 @@ def test_personal_access_token_is_exchanged_and_cached(label_studio, uploaded, p
     assert f.fetch(url, task_id, source).startswith(b"\x89PNG")  # second time from the cached access token
 
 
-def test_refused_keys_give_clear_errors(label_studio, uploaded):
+def test_refused_keys_give_clear_errors(label_studio, uploaded, fetcher):
     task_id, url = uploaded
     with pytest.raises(DownloadError, match="HTTP 401"):
         fetcher().fetch(url, task_id, Source(label_studio.url, "wrong-legacy-token"))
@@ -61,7 +61,7 @@ def test_refused_keys_give_clear_errors(label_studio, uploaded):
         fetcher().fetch(url, task_id, Source(label_studio.url, bogus_pat))
 
 
-def test_cloud_uri_without_storage_is_a_clear_error(label_studio, uploaded):
+def test_cloud_uri_without_storage_is_a_clear_error(label_studio, uploaded, fetcher):
     task_id, _ = uploaded
     with pytest.raises(DownloadError, match=r"/tasks/\d+/resolve/ answered HTTP 404"):
         fetcher().fetch("s3://no-such-bucket/image.png", task_id, Source(label_studio.url, label_studio.token))

@@ -217,3 +217,15 @@ def test_embedded_engine_that_cannot_load_gives_503_json(tmp_path):
         assert health["ready"] is False and "failed to load" in health["reason"]
     finally:
         app.extensions["tagclip"].dispatcher.close()
+
+
+def test_the_project_store_keeps_only_the_most_recent_projects_in_memory():
+    from backend.web.projects import MAX_PROJECTS_IN_MEMORY, ProjectContext, ProjectStore
+
+    store = ProjectStore()
+    for i in range(MAX_PROJECTS_IN_MEMORY + 10):
+        store.put(str(i), ProjectContext(hostname=f"http://ls-{i}"))
+        if i == 5:
+            store.get("0")  # reading does not make it recent; only /setup does
+    newest = MAX_PROJECTS_IN_MEMORY + 9
+    assert store.get("9") is None and store.get(str(newest)).hostname == f"http://ls-{newest}"

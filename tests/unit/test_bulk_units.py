@@ -7,9 +7,9 @@ import pytest
 
 from backend.bulk.planner import BulkRequest, project_extra_params
 from backend.contracts.bulk import BulkChunk, BulkTask, build_payload, parse_payload
+from backend.contracts.source import KeyPlace, SourceRef
 from backend.converters import LABEL_SCORES_KEY, task_regions
 from backend.errors import BulkSetupError, PayloadError
-from backend.contracts.source import KeyPlace, SourceRef
 from backend.resolve import Resolver
 from backend.settings import Settings
 from backend.web.app import create_app
@@ -103,8 +103,14 @@ def test_jobs_create_validates_its_body():
     assert client.post("/jobs", json={"project": "1"}).status_code == 400
     response = client.post("/jobs", json={"project": 1, "write": "fax", "url": "http://ls", "api_key": "k"})
     assert response.status_code == 400 and "write method" in response.json["error"]
-    response = client.post("/jobs", json={"project": 1})
+    response = client.post("/jobs", json={"project": 1})  # no basic auth: a caller must bring its Label Studio
+    assert response.status_code == 401 and "needs your Label Studio URL and key" in response.json["error"]
+    response = client.post("/jobs", json={"project": 1, "url": "http://ls"})
+    assert response.status_code == 400 and "together" in response.json["error"]
+    with_auth = create_app(Settings(redis_url="redis://127.0.0.1:1/0", basic_auth_user="u", basic_auth_pass="p"))
+    response = with_auth.test_client().post("/jobs", json={"project": 1}, auth=("u", "p"))
     assert response.status_code == 400 and "LABEL_STUDIO_URL" in response.json["error"]
+    assert with_auth.test_client().post("/jobs", json={"project": 1}).status_code == 401
 
 
 def test_bulk_path_and_review_commands_import_no_torch():

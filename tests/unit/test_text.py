@@ -80,3 +80,20 @@ def test_torn_cache_file_is_rebuilt(clip, tmp_path):
     fresh = TextClassifierCache(clip.model, clip.tokenizer, clip.model_id, TextConfig(), tmp_path)
     with torch.inference_mode():
         torch.testing.assert_close(fresh.columns(["horse"]), first)
+
+
+def test_the_in_memory_columns_are_bounded(tmp_path):
+    """At most max_cached_prompts columns stay in memory; the least recently used go first, and a classifier
+    just set keeps all of its own."""
+    import dataclasses
+
+    from tagclip_core.random_weights import TINY_VIT_B_16, write_random_checkpoint
+
+    checkpoint = write_random_checkpoint(tmp_path / "tiny.pt", TINY_VIT_B_16, seed=0)
+    clip = load_clip(ModelSpec(checkpoint=str(checkpoint)))
+    config = dataclasses.replace(TextConfig(templates=("a photo of a {}.",)), max_cached_prompts=3, disk_cache=False)
+    cache = TextClassifierCache(clip.model, clip.tokenizer, clip.model_id, config, None)
+    cache.columns(["cat", "dog"])
+    cache.columns(["car", "cat"])  # cat is used again: dog is now the least recent
+    cache.columns(["tree"])
+    assert list(cache._memory) == ["car", "cat", "tree"]

@@ -9,8 +9,8 @@ import json
 import pytest
 
 from backend.contracts.predict import build_payloads, chunk_size_for
-from backend.errors import ModelMismatchError, PayloadError
 from backend.contracts.source import KeyPlace, SourceRef
+from backend.errors import ModelMismatchError, PayloadError
 from tests.fixtures.http_server import serve_directory
 from tests.integration.stack import CORRUPT_PNG, png_bytes
 from worker.jobs import predict_chunk
@@ -38,7 +38,9 @@ def server(tmp_path_factory):
 
 def payload(tiny_runtime, server, images):
     tasks = [{"id": i + 1, "data": {"image": ref}} for i, ref in enumerate(images)]
-    return build_payloads(copy.deepcopy(CONTROLS), tasks, SourceRef(server.url, "k", KeyPlace.PAYLOAD), "voc", tiny_runtime.model_key, 10)[0]
+    return build_payloads(
+        copy.deepcopy(CONTROLS), tasks, SourceRef(server.url, "k", KeyPlace.PAYLOAD), "voc", tiny_runtime.model_key, 10
+    )[0]
 
 
 def test_chunk_result_is_plain_json_with_per_task_errors(tiny_runtime, server):

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from backend.contracts.predict import MASKS_SCHEMA, SCHEMA, build_payloads, parse_payload
+from backend.contracts.source import KeyPlace, SourceRef
 from backend.errors import PayloadError
 from backend.labelconfig import parse_label_config
-from backend.contracts.source import KeyPlace, SourceRef
 from tagclip_core import ClassSpec
 from tagclip_core.config import MaskConfig
 from tagclip_core.geometry import rle_decode
@@ -39,7 +39,9 @@ def server(tmp_path_factory):
 def job(tiny_runtime, server, config=CONFIG, names=tuple(SIZES)) -> dict:
     controls = [c.to_payload() for c in parse_label_config(config).plan.controls]
     tasks = [{"id": i + 1, "data": {"image": f"/{name}"}} for i, name in enumerate(names)]
-    return build_payloads(controls, tasks, SourceRef(server.url, "k", KeyPlace.PAYLOAD), "voc", tiny_runtime.model_key, 10)[0]
+    return build_payloads(
+        controls, tasks, SourceRef(server.url, "k", KeyPlace.PAYLOAD), "voc", tiny_runtime.model_key, 10
+    )[0]
 
 
 @pytest.fixture(scope="module")
