@@ -182,7 +182,14 @@ def task_record(
 def _skip_region(record: dict[str, Any], region: Mapping[str, Any], error: Exception) -> None:
     reason = str(error) if isinstance(error, RegionError) else f"{type(error).__name__}: {error}"
     skipped = {"control": region.get("from_name"), "type": region.get("type"), "id": region.get("id")}
-    log.warning("task %s: skipped %s region %s of %s: %s", record["task"], *skipped.values(), reason)
+    log.warning(
+        "task %s: skipped %s region %s of control %s: %s",
+        record["task"],
+        skipped["type"],
+        skipped["id"],
+        skipped["control"],
+        reason,
+    )
     record["skipped_regions"].append({**skipped, "reason": reason})
 
 
@@ -267,8 +274,9 @@ def spreadsheet_safe(cell: Any) -> Any:
 
 
 def csv_writer(buffer: io.StringIO) -> Any:
-    """A csv writer whose rows are escaped with `spreadsheet_safe`."""
-    writer = csv.writer(buffer, lineterminator="\n")
+    """A csv writer whose rows are escaped with `spreadsheet_safe`; rows end in CRLF (RFC 4180), which also makes
+    the writer quote a field holding a carriage return."""
+    writer = csv.writer(buffer, lineterminator="\r\n")
 
     class SafeWriter:
         def writerow(self, row: Iterable[Any]) -> None:

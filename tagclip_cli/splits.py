@@ -155,10 +155,16 @@ def _group_matrix(samples: Sequence[Sample], groups: Sequence[Sequence[int]]) ->
 
 
 def _stratify(matrix: np.ndarray, ratios: np.ndarray, seed: int) -> np.ndarray:
-    """Fold index per row of a bool label matrix, by iterative stratification."""
+    """Fold index per row of a bool label matrix, by iterative stratification of the rows in a seeded random
+    order (the algorithm takes samples in order and breaks only ties at random, so the order is what the seed
+    changes, as in the package's own shuffling splitters)."""
     from iterstrat.ml_stratifiers import IterativeStratification
 
-    return np.asarray(IterativeStratification(matrix, ratios, np.random.RandomState(seed)), dtype=np.int64)
+    random_state = np.random.RandomState(seed)
+    order = random_state.permutation(len(matrix))
+    folds = np.empty(len(matrix), dtype=np.int64)
+    folds[order] = IterativeStratification(matrix[order], ratios, random_state)
+    return folds
 
 
 def _cover_kinds(folds: np.ndarray, kinds: np.ndarray, n_folds: int) -> np.ndarray:
