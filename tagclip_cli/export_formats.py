@@ -108,10 +108,10 @@ def write_hf(root: Path, items: Sequence[DatasetItem], config: ParsedConfig) -> 
     splits = by_split(items)
     rows = {split: [_hf_row(item, config) for item in group] for split, group in splits.items()}
     warnings = []
-    for column in _hf_columns_empty_in_some_split(rows):
+    for column, empty in _hf_columns_empty_in_some_split(rows).items():
         warnings.append(
-            f"hf: no example of a split has {column} while another has: the column is left out of metadata.jsonl "
-            "(the loader needs the same columns in each split); the other formats keep it"
+            f"hf: {column} left out of metadata.jsonl: split(s) {', '.join(empty)} have none while others do, and "
+            "the loader needs the same columns in every split (the other formats keep them)"
         )
         for group in rows.values():
             for row in group:
@@ -154,17 +154,18 @@ def _hf_region(kind: str, region: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _hf_columns_empty_in_some_split(rows: Mapping[str, list[dict[str, Any]]]) -> list[str]:
-    """List columns that are empty in every row of some split but not of another: the JSON reader would type
-    them differently per split, and the imagefolder loader refuses splits with different features."""
+def _hf_columns_empty_in_some_split(rows: Mapping[str, list[dict[str, Any]]]) -> dict[str, list[str]]:
+    """List columns that are empty in every row of some split but not of another, with those splits: the JSON
+    reader would type them differently per split, and the imagefolder loader refuses splits whose features
+    differ."""
     if len(rows) < 2:
-        return []
-    columns = [k for k, v in next(iter(rows.values()))[0].items() if isinstance(v, list) and k != "file_name"]
-    found = []
+        return {}
+    columns = [k for k, v in next(iter(rows.values()))[0].items() if isinstance(v, list)]
+    found = {}
     for column in columns:
-        filled = [any(row[column] for row in group) for group in rows.values()]
-        if any(filled) and not all(filled):
-            found.append(column)
+        empty = [split for split, group in rows.items() if not any(row[column] for row in group)]
+        if empty and len(empty) < len(rows):
+            found[column] = empty
     return found
 
 

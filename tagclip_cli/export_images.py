@@ -40,6 +40,8 @@ EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "GI
 STORED_SUFFIXES = frozenset(EXTENSIONS.values())
 # JPEG quality of an EXIF-turned photo stored again.
 TURNED_JPEG_QUALITY = 95
+# Downloads between two saves of the resume index (a run stopped halfway keeps most of its downloads).
+INDEX_SAVE_EVERY = 50
 _EXIF_ORIENTATION = 0x0112
 _READ_CHUNK = 1 << 20
 
@@ -150,17 +152,21 @@ class ImageStore:
                 pending.append(request)
         self.images_dir.mkdir(parents=True, exist_ok=True)
         bar = tqdm(total=len(pending), desc="downloading images", unit=" img", disable=not progress, file=sys.stderr)
-        with bar, ThreadPoolExecutor(max(1, threads), thread_name_prefix="tagclip-export") as pool:
-            outcomes = pool.map(lambda r: self._download_one(r, download, image_limits), pending)
-            for request, outcome in zip(pending, outcomes, strict=True):
-                bar.update(1)
-                if isinstance(outcome, ImageFailure):
-                    report.failures.append(outcome)
-                    continue
-                self.index[request.ref] = outcome
-                report.images[request.ref] = outcome
-                report.downloaded.append(request.ref)
-        self.save_index()
+        try:
+            with bar, ThreadPoolExecutor(max(1, threads), thread_name_prefix="tagclip-export") as pool:
+                outcomes = pool.map(lambda r: self._download_one(r, download, image_limits), pending)
+                for done, (request, outcome) in enumerate(zip(pending, outcomes, strict=True), start=1):
+                    bar.update(1)
+                    if isinstance(outcome, ImageFailure):
+                        report.failures.append(outcome)
+                    else:
+                        self.index[request.ref] = outcome
+                        report.images[request.ref] = outcome
+                        report.downloaded.append(request.ref)
+                    if done % INDEX_SAVE_EVERY == 0:
+                        self.save_index()
+        finally:  # an interrupted run keeps what it downloaded
+            self.save_index()
         return report
 
     def _download_one(
