@@ -31,7 +31,6 @@ from .dataset import csv_writer, to_coco, whole_image_controls
 from .export_images import IMAGES_DIR, StoredImage
 from .splits import SPLIT_NAMES
 
-FORMATS = ("hf", "coco", "yolo", "csv", "jsonl")
 REGION_KINDS = ("masks", "boxes", "polygons")
 # Region control tag -> the record field its regions are in.
 KIND_OF_TAG = {"BrushLabels": "masks", "RectangleLabels": "boxes", "PolygonLabels": "polygons"}
