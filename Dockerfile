@@ -13,7 +13,7 @@ RUN apt-get update \
 
 WORKDIR /app
 COPY . /app
-RUN pip install ".[server]" \
+RUN pip install ".[server,export]" \
     && useradd --create-home --uid 1000 tagclip \
     && mkdir -p /data/cache && chown tagclip /data/cache
 

@@ -34,6 +34,10 @@ EXTRA_OF_MODULE = {
     "prometheus_client": "server",
     "requests": "server",
     "urllib3": "server",
+    "iterstrat": "export",
+    "sklearn": "export",
+    "imagehash": "export",
+    "yaml": "export",
 }
 
 
@@ -53,7 +57,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("worker", "tagclip_cli.worker", "run a prediction worker on the backend's Redis queue"),
     Command("segment", "tagclip_cli.segment", "masks for each image's tags (CLIP-ES or coarse): .npz + overlay PNG"),
     Command("preannotate", "tagclip_cli.preannotate", "pre-annotate a whole Label Studio project with the workers"),
-    Command("export", "tagclip_cli.export", "export a project's reviewed annotations as JSON lines, CSV or COCO"),
+    Command("export", "tagclip_cli.export", "a project's reviewed annotations as a dataset: images, splits, formats"),
     Command("report", "tagclip_cli.report", "model predictions vs reviewed annotations: P/R/F1/AP, thresholds"),
 )
 

@@ -149,39 +149,47 @@ def _segment_one(
         result = segmenter.segment(image, specs, mode=mode, prediction=prediction)
     except TagCLIPError as error:
         return {"path": path, "error": str(error)}
-    stem = _unique_stem(Path(path).stem, used)
-    write_outputs(out_dir / stem, image, result)
+    npz, png = output_paths(out_dir, unique_stem(Path(path).stem, used))
+    write_outputs(npz, png, image, result)
     return {
         "path": path,
         "tags": list(result.labels),
         "regions": {m.label: len(m.regions) for m in result.masks},
-        "npz": str(out_dir / f"{stem}.npz"),
-        "overlay": str(out_dir / f"{stem}.png"),
+        "npz": str(npz),
+        "overlay": str(png),
         "error": None,
     }
 
 
-def _unique_stem(stem: str, used: set[str]) -> str:
+def unique_stem(stem: str, used: set[str]) -> str:
+    """`stem`, or `stem-2`, `stem-3`, ... when an earlier input of the run took it (a/img.jpg and b/img.jpg).
+    Compared case-insensitively, so two inputs never share a file on a case-insensitive file system."""
     candidate, number = stem, 1
-    while candidate in used:
+    while candidate.casefold() in used:
         number += 1
         candidate = f"{stem}-{number}"
-    used.add(candidate)
+    used.add(candidate.casefold())
     return candidate
 
 
-def write_outputs(base: Path, image: Any, result: Any) -> None:
-    """`base`.npz with the float32 maps and the label map, and `base`.png with the overlay."""
+def output_paths(out_dir: Path, stem: str) -> tuple[Path, Path]:
+    """(npz, png) for a stem. The suffix is appended, never substituted: `img.001` -> `img.001.npz`
+    (Path.with_suffix would make both img.001 and img.002 into img.npz)."""
+    return out_dir / f"{stem}.npz", out_dir / f"{stem}.png"
+
+
+def write_outputs(npz: Path, png: Path, image: Any, result: Any) -> None:
+    """`npz` with the float32 maps and the label map, and `png` with the overlay."""
     import numpy as np
 
     np.savez_compressed(
-        base.with_suffix(".npz"),
+        npz,
         cams=result.cams.astype(np.float32),
         label_map=result.label_map,
         labels=np.array(result.labels, dtype=str),
         mode=np.array(result.mode),
     )
-    overlay(image, result).save(base.with_suffix(".png"))
+    overlay(image, result).save(png)
 
 
 def overlay(image: Any, result: Any) -> Any:

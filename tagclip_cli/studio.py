@@ -35,13 +35,13 @@ def studio_client(args: argparse.Namespace, settings: Any = None):
 
 
 def project_snapshot(
-    args: argparse.Namespace, command: str, full_predictions: bool = False
+    args: argparse.Namespace, command: str, full_predictions: bool = False, settings: Any = None
 ) -> tuple[Any, dict[str, Any], list[dict[str, Any]]]:
     """(the client, the project, its tasks with annotations and predictions) through an export snapshot."""
     from backend.errors import BackendError
 
     try:
-        client = studio_client(args)
+        client = studio_client(args, settings)
         project = client.project(args.project)
         title = f"tagclip {command} {time.strftime('%Y-%m-%d %H:%M')}"
         tasks = client.export_snapshot(args.project, title, full_predictions=full_predictions, view=args.view)

@@ -398,7 +398,9 @@ def test_export_of_reviewed_tags_and_masks(label_studio, env, tmp_path):
     outputs = {}
     for fmt in ("jsonl", "csv", "coco"):
         out = tmp_path / f"export.{fmt}"
-        result = _tagclip(env, "export", "--project", str(project_id), "--format", fmt, "--out", str(out))
+        result = _tagclip(
+            env, "export", "--project", str(project_id), "--format", fmt, "--out", str(out), "--no-images"
+        )
         assert result.returncode == 0, result.stderr
         assert "exported 2 reviewed task(s)" in result.stderr
         outputs[fmt] = out.read_text()
@@ -411,6 +413,7 @@ def test_export_of_reviewed_tags_and_masks(label_studio, env, tmp_path):
     coco = json.loads(outputs["coco"])
     assert len(coco["images"]) == 2 and len(coco["annotations"]) == 1 and len(coco["image_labels"]) == 3
     assert coco["annotations"][0]["segmentation"]["size"] == [30, 40]
+    assert {image["file_name"] for image in coco["images"]} == {"a.png"}
 
 
 def test_cancel_drops_waiting_chunks_and_a_rerun_resumes(label_studio, workers, env, redis_url):

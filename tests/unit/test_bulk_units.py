@@ -118,10 +118,14 @@ def test_bulk_path_and_review_commands_import_no_torch():
 import backend.web.app, backend.web.bulk_routes, backend.bulk.planner, backend.bulk.status, backend.bulk.verify
 import backend.bulk.maintenance, backend.bulk.cancel
 import tagclip_cli.preannotate, tagclip_cli.export, tagclip_cli.report, tagclip_cli.review, tagclip_cli.report_html
+import tagclip_cli.export_images, tagclip_cli.export_formats, tagclip_cli.splits, tagclip_cli.dataset_card
 from tagclip_cli.main import main
 import contextlib, io
-with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
-    main(["report", "--help"])
+for command in ("report", "export"):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+        main([command, "--help"])
+import sys
+assert "torch" not in sys.modules
 print("ok")
 """
     result = run_without_torch(code)

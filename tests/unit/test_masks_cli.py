@@ -68,3 +68,29 @@ def test_segment_usage_errors(images, tmp_path, capsys):
         ["segment", str(images), "--labels", "cat", "--tags", " , ", "--out", str(tmp_path)], COMMANDS_WITH_SEGMENT
     )
     assert status == 2 and "--tags names no tag" in capsys.readouterr().err
+
+
+def test_every_input_gets_its_own_output_name(tiny_checkpoint, cache, tmp_path, capsys):
+    """Same file name in two folders, and names that differ only after a dot (img.001 / img.002): four inputs,
+    four .npz and four overlays, each record naming its own files."""
+    for folder, name, seed in (
+        ("a", "img.jpg", 1),
+        ("b", "img.jpg", 2),
+        ("c", "img.001.jpg", 3),
+        ("c", "img.002.jpg", 4),
+    ):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        Image.fromarray(synthetic_pixels(30, 40, seed)).save(tmp_path / folder / name)
+    inputs = [str(tmp_path / p) for p in ("a/img.jpg", "b/img.jpg", "c/img.001.jpg", "c/img.002.jpg")]
+    status, records = segment(
+        [*inputs, "--labels", "cat", "--tags", "cat", "--mode", "coarse", "--background", "none", "--checkpoint",
+         str(tiny_checkpoint), "--cache-dir", str(cache), "--offline", "--out", str(tmp_path / "out")],
+        capsys,
+    )  # fmt: skip
+    assert status == 0 and [r["error"] for r in records] == [None] * 4
+    npz = [r["npz"] for r in records]
+    assert [p.rsplit("/", 1)[-1] for p in npz] == ["img.npz", "img-2.npz", "img.001.npz", "img.002.npz"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        [f"{stem}.{ext}" for stem in ("img", "img-2", "img.001", "img.002") for ext in ("npz", "png")]
+    )
+    assert len({np.load(p)["cams"].tobytes() for p in npz}) == 4  # each file holds its own image's maps
