@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
+from tagclip_core.config import ModelSpec
 from tagclip_core.prompts import VOC_CLASSES
 from tagclip_core.random_weights import TINY_VIT_B_16, write_random_checkpoint
 
@@ -19,9 +21,38 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def sharp_checkpoint(tmp_path_factory) -> Path:
+    """The tiny checkpoint with every visual query/key projection x8 (the sharp CLIP-ES golden's weights)."""
+    from tests.fixtures.parity import sharpened_checkpoint
+
+    return sharpened_checkpoint(tmp_path_factory.mktemp("weights") / "tiny-sharp8.pt", 8)
+
+
+@pytest.fixture(scope="session")
+def tagclip_clips(tiny_checkpoint) -> list:
+    """The tiny CLIP, then perturbed copies that measure the float32 noise of the TagCLIP golden's forwards."""
+    from tagclip_core.model import load_clip
+    from tests.fixtures.noise import perturbed_clips
+    from tests.fixtures.parity import TAGCLIP_GOLDEN, load_golden, max_tokens
+
+    clip = load_clip(ModelSpec(checkpoint=str(tiny_checkpoint)))
+    sizes = [entry["input_size"] for entry in load_golden(TAGCLIP_GOLDEN)["images"]]
+    return [clip, *perturbed_clips(clip, max_tokens(sizes, clip.patch_size))]
+
+
+@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
+def torch_threads(request) -> int:
+    """Run the test with 1, then 2 torch threads: another float reduction order, as another CPU would use."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
 def tiny_engine(tiny_checkpoint, tmp_path_factory):
     """A TagCLIP engine on the tiny checkpoint with the 20 VOC classes and VOC background words."""
-    from tagclip_core import ModelSpec, TagCLIP
+    from tagclip_core import TagCLIP
 
     engine = TagCLIP.load(ModelSpec(checkpoint=str(tiny_checkpoint), cache_dir=str(tmp_path_factory.mktemp("cache"))))
     engine.set_classes(VOC_CLASSES, background="voc")
