@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random-weight CLIP checkpoint in OpenAI's format, loaded through the real path."""
+"""Shared fixtures: a tiny random-weight CLIP checkpoint in OpenAI's format, loaded through the real path.
+Hook: every test carries the marker of its folder."""
 
 from __future__ import annotations
 
@@ -12,6 +13,22 @@ from tagclip_core.prompts import VOC_CLASSES
 from tagclip_core.random_weights import TINY_VIT_B_16, write_random_checkpoint
 
 __all__ = ["VOC_CLASSES"]
+
+# tests/<folder>/ -> the marker each of its tests must carry (so `-m unit` selects exactly tests/unit).
+FOLDER_MARKERS = {"unit": "unit", "integration": "integration", "gpu": "gpu"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Refuse a test without its folder's marker: `-m` selections and the provisioning depend on them."""
+    tests_dir = Path(__file__).resolve().parent
+    unmarked = set()
+    for item in items:
+        folder = item.path.resolve().relative_to(tests_dir).parts[0]
+        marker = FOLDER_MARKERS.get(folder)
+        if marker and item.get_closest_marker(marker) is None:
+            unmarked.add(f"{item.path.relative_to(tests_dir.parent)} (needs pytest.mark.{marker})")
+    if unmarked:
+        raise pytest.UsageError("test modules without their folder's marker: " + ", ".join(sorted(unmarked)))
 
 
 @pytest.fixture(scope="session")

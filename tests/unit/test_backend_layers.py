@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parents[2]
 
 BLOCK_TORCH = """
@@ -50,9 +54,6 @@ def test_importing_backend_starts_nothing():
 import threading
 before = threading.active_count()
 import backend.app, backend.queue, backend.fetch, backend.labelconfig, backend.metrics
-import pytest
-
-pytestmark = pytest.mark.unit
 assert threading.active_count() == before
 """
     result = run(code)

@@ -18,6 +18,8 @@ from backend.converters.rectangle import RectangleLabelsConverter
 from backend.converters.regions import MaskDefaults, MaskOutput, RegionPlan, rle_decode
 from backend.errors import LabelConfigError
 
+pytestmark = pytest.mark.unit
+
 CONFIG = """
 <View>
   <Image name="image" value="$image"/>

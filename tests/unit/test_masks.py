@@ -18,6 +18,8 @@ from tagclip_core.model import load_clip
 from tagclip_core.types import ClassSpec, ImagePrediction
 from tests.fixtures.images import synthetic_pixels
 
+pytestmark = pytest.mark.unit
+
 ODD_SIZES = [(1, 1), (1, 7), (7, 1), (3, 5), (37, 53), (75, 100), (101, 67)]
 
 

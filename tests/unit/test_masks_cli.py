@@ -11,6 +11,8 @@ from PIL import Image
 from tagclip_cli.main import COMMANDS, Command, main
 from tests.fixtures.images import synthetic_pixels
 
+pytestmark = pytest.mark.unit
+
 SEGMENT = Command("segment", "tagclip_cli.segment", "masks for each image's tags")
 COMMANDS_WITH_SEGMENT = COMMANDS if any(c.name == "segment" for c in COMMANDS) else (*COMMANDS, SEGMENT)
 
