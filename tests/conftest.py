@@ -1,8 +1,10 @@
 """Shared fixtures: a tiny random-weight CLIP checkpoint in OpenAI's format, loaded through the real path.
-Hook: every test carries the marker of its folder."""
+Hooks: every test carries the marker of its folder; under scripts/test.sh the programs the selected tests need
+are installed once they are collected (tests/fixtures/components.py)."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,17 @@ def pytest_collection_modifyitems(config, items) -> None:
             unmarked.add(f"{item.path.relative_to(tests_dir.parent)} (needs pytest.mark.{marker})")
     if unmarked:
         raise pytest.UsageError("test modules without their folder's marker: " + ", ".join(sorted(unmarked)))
+
+
+def pytest_collection_finish(session) -> None:
+    """Under scripts/test.sh, install the programs the selected tests need (nothing for a unit-test run)."""
+    from tests.fixtures.components import PROVISION_SCRIPT, needed_components, provisioned
+
+    if not provisioned() or session.config.option.collectonly:
+        return
+    needed = needed_components([item.fixturenames for item in session.items])
+    if needed and subprocess.run(["bash", str(PROVISION_SCRIPT), *needed]).returncode != 0:
+        pytest.exit(f"scripts/provision.sh {' '.join(needed)} failed", returncode=pytest.ExitCode.INTERNAL_ERROR)
 
 
 @pytest.fixture(scope="session")

@@ -198,11 +198,11 @@ def test_worker_killed_mid_batch_loses_nothing(label_studio, stack, redis_url):
         assert_valid_prediction(stored[task_id], version, interface)
 
 
-def test_redis_outage_gives_503_and_not_ready_then_recovers(engine_env, artifacts, label_studio):
+def test_redis_outage_gives_503_and_not_ready_then_recovers(engine_env, artifacts, label_studio, redis_server):
     from .stack import free_port, start_redis
 
     port = free_port()
-    redis_process = start_redis(port, artifacts)
+    redis_process = start_redis(redis_server, port, artifacts)
     outage = make_stack(
         {**engine_env, "REDIS_URL": f"redis://127.0.0.1:{port}/0"},
         artifacts,
@@ -229,7 +229,7 @@ def test_redis_outage_gives_503_and_not_ready_then_recovers(engine_env, artifact
         assert down.status_code == 503
         assert "Redis" in down.json()["error"] and "Traceback" not in down.text
 
-        redis_process = start_redis(port, artifacts)
+        redis_process = start_redis(redis_server, port, artifacts)
         wait_workers(outage.url, 1, timeout=60)
         again = requests.post(outage.url + "/predict", json=body, timeout=90)
         assert again.status_code == 200

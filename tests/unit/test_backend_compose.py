@@ -1,5 +1,5 @@
-"""docker-compose.yml: structure checked with PyYAML, and with the real Docker Compose v2 `config` when
-it is installed (docker CLI plugin, or scripts/check_compose.sh's .venv-tools/bin/docker-compose)."""
+"""docker-compose.yml: structure checked with PyYAML, and with the real Docker Compose v2 `config` (the docker
+CLI plugin, or .venv-tools/bin/docker-compose that scripts/provision.sh installs)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from backend.settings import ENV_VARS
+from tests.fixtures.components import require
 
 pytestmark = pytest.mark.unit
 
@@ -27,11 +28,12 @@ SERVER_ONLY = {
 }
 
 
-def compose_command() -> list[str] | None:
+@pytest.fixture(scope="module")
+def compose_command() -> list[str]:
     if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
         return ["docker", "compose"]
     tools = ROOT / ".venv-tools" / "bin" / "docker-compose"
-    return [str(tools)] if tools.exists() else None
+    return require([str(tools)] if tools.exists() else None, "Docker Compose v2", "scripts/provision.sh compose")
 
 
 def test_services_and_profiles():
@@ -66,13 +68,10 @@ def test_backend_and_worker_share_settings_and_the_weights_volume():
     assert "weights" in COMPOSE["volumes"]
 
 
-def test_docker_compose_config_passes():
-    command = compose_command()
-    if command is None:
-        pytest.skip("Docker Compose v2 not installed (run scripts/check_compose.sh once)")
+def test_docker_compose_config_passes(compose_command):
     for profiles in ([], ["--profile", "monitoring", "--profile", "cpu", "--profile", "gpu1"]):
         result = subprocess.run(
-            [*command, "-f", str(ROOT / "docker-compose.yml"), *profiles, "config", "--quiet"],
+            [*compose_command, "-f", str(ROOT / "docker-compose.yml"), *profiles, "config", "--quiet"],
             capture_output=True,
             text=True,
             cwd=ROOT,
