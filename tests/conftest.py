@@ -62,12 +62,12 @@ def sharp_checkpoint(tmp_path_factory) -> Path:
 def tagclip_clips(tiny_checkpoint) -> list:
     """The tiny CLIP, then perturbed copies that measure the float32 noise of the TagCLIP golden's forwards."""
     from tagclip_core.model import load_clip
-    from tests.fixtures.noise import perturbed_clips
+    from tests.fixtures.noise import float32_perturbation, perturbed_clips
     from tests.fixtures.parity import TAGCLIP_GOLDEN, load_golden, max_tokens
 
     clip = load_clip(ModelSpec(checkpoint=str(tiny_checkpoint)))
     sizes = [entry["input_size"] for entry in load_golden(TAGCLIP_GOLDEN)["images"]]
-    return [clip, *perturbed_clips(clip, max_tokens(sizes, clip.patch_size))]
+    return [clip, *perturbed_clips(clip, float32_perturbation(clip, max_tokens(sizes, clip.patch_size)))]
 
 
 @pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
