@@ -27,7 +27,7 @@ LS_VENV = Path(os.environ.get("LS_VENV", ROOT / ".venv-ls"))
 LS_TOKEN = "0123456789abcdef0123456789abcdef01234567"
 LS_USER = "admin@example.com"
 LS_PASSWORD = "adminpass123"
-LS_VERSION = "1.23.2"
+LS_VERSION = os.environ.get("LS_VERSION", "1.23.2")  # as scripts/setup_ls.sh reads it
 
 
 def free_port() -> int:
