@@ -106,8 +106,11 @@ class EngineConfig:
     tagclip: TagCLIPConfig = field(default_factory=TagCLIPConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     text: TextConfig = field(default_factory=TextConfig)
-    # Images per batched forward on CUDA (same-grid images are stacked; CPU runs one at a time).
+    # Images per batched forward on CUDA (same-grid images are stacked).
     gpu_batch_size: int = 16
+    # Images per batched forward on the CPU: 1, as batching gains nothing there and costs memory (tests raise it
+    # to check the batched path without a GPU).
+    cpu_batch_size: int = 1
 
 
 @dataclass(frozen=True)

@@ -146,8 +146,9 @@ class TagCLIP:
         return _ImageWork(index=index, pixels=pixels, original_size=(pil.height, pil.width))
 
     def _batches(self, work: list[_ImageWork]) -> Iterable[list[_ImageWork]]:
-        # CPU gains nothing from batching and pays in memory; CUDA stacks same-size images.
-        limit = self._config.gpu_batch_size if self._clip.device.type == "cuda" else 1
+        # CPU gains nothing from batching and pays in memory (cpu_batch_size 1); CUDA stacks same-size images.
+        cuda = self._clip.device.type == "cuda"
+        limit = self._config.gpu_batch_size if cuda else self._config.cpu_batch_size
         by_size: dict[tuple[int, ...], list[_ImageWork]] = defaultdict(list)
         for item in work:
             by_size[tuple(item.pixels.shape)].append(item)

@@ -58,10 +58,7 @@ def login_cookies(base_url: str, email: str, password: str) -> dict[str, str]:
 class Browser:
     """One headless Chromium with one page, spoken to over CDP."""
 
-    def __init__(self, log_path: Path, window: tuple[int, int] = WINDOW) -> None:
-        binary = chromium_binary()
-        if binary is None:
-            raise RuntimeError("chromium is not installed (apt-get install -y --no-install-recommends chromium)")
+    def __init__(self, binary: str, log_path: Path, window: tuple[int, int] = WINDOW) -> None:
         self._profile = tempfile.mkdtemp(prefix="tagclip-chromium-")
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in close()
         self.process = subprocess.Popen(

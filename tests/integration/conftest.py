@@ -1,22 +1,31 @@
-"""Integration fixtures: real Redis, real `tagclip worker` processes, the backend under gunicorn
-(`tagclip serve`), and a real Label Studio 1.23.2 started once per session from .venv-ls."""
+"""Integration fixtures: a redis-server of the run's own, real `tagclip worker` processes, the backend under
+gunicorn (`tagclip serve`), a real Label Studio 1.23.2 started once per session from .venv-ls, and Chromium.
+The programs come through fixtures that require them (tests/fixtures/components.py)."""
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import redis
 
-from .stack import ROOT, Process, base_env, free_port, start_backend, start_label_studio, start_redis, start_worker
+from tests.fixtures.components import require
 
-# Shared Redis of the machine (docs: 127.0.0.1:6379); a db of its own, and a queue name per run.
-REDIS_HOST, REDIS_PORT = "127.0.0.1", int(os.environ.get("TAGCLIP_TEST_REDIS_PORT", "6379"))
-REDIS_DB = int(os.environ.get("TAGCLIP_TEST_REDIS_DB", "9"))
+from .browser import chromium_binary
+from .stack import (
+    ROOT,
+    Process,
+    base_env,
+    free_port,
+    installed_label_studio,
+    redis_server_binary,
+    start_backend,
+    start_label_studio,
+    start_redis,
+    start_worker,
+)
 
 
 @pytest.fixture(scope="session")
@@ -30,22 +39,33 @@ def artifacts() -> Path:
 
 
 @pytest.fixture(scope="session")
-def redis_url(artifacts) -> Iterator[str]:
-    """The machine's Redis if it answers, else a private redis-server for the session."""
-    try:
-        redis.Redis(host=REDIS_HOST, port=REDIS_PORT, socket_connect_timeout=0.5).ping()
-    except redis.RedisError:
-        port = free_port()
-        process = start_redis(port, artifacts)
-        yield f"redis://{REDIS_HOST}:{port}/{REDIS_DB}"
-        process.stop()
-        return
-    yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
+def redis_server() -> str:
+    return require(redis_server_binary(), "redis-server", "scripts/provision.sh redis-server")
 
 
 @pytest.fixture(scope="session")
-def label_studio(tmp_path_factory, artifacts):
-    studio = start_label_studio(tmp_path_factory.mktemp("label-studio-data"), artifacts)
+def label_studio_binary() -> Path:
+    return require(installed_label_studio(), "Label Studio 1.23.2 in .venv-ls", "scripts/provision.sh label-studio")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    return require(chromium_binary(), "chromium", "scripts/provision.sh chromium")
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server, artifacts) -> Iterator[str]:
+    """A redis-server of this run's own on a free port: no other run shares its keys, queues or RQ's suspend
+    switch, and the machine's Redis (if any) is never touched."""
+    port = free_port()
+    process = start_redis(redis_server, port, artifacts)
+    yield f"redis://127.0.0.1:{port}/0"
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def label_studio(label_studio_binary, tmp_path_factory, artifacts):
+    studio = start_label_studio(label_studio_binary, tmp_path_factory.mktemp("label-studio-data"), artifacts)
     yield studio
     studio.process.stop()
 

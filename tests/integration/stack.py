@@ -27,7 +27,7 @@ LS_VENV = Path(os.environ.get("LS_VENV", ROOT / ".venv-ls"))
 LS_TOKEN = "0123456789abcdef0123456789abcdef01234567"
 LS_USER = "admin@example.com"
 LS_PASSWORD = "adminpass123"
-SETUP_LS = ROOT / "scripts" / "setup_ls.sh"
+LS_VERSION = os.environ.get("LS_VERSION", "1.23.2")  # as scripts/setup_ls.sh reads it
 
 
 def free_port() -> int:
@@ -98,10 +98,12 @@ def base_env() -> dict[str, str]:
 
 
 # --- Redis ---
-def start_redis(port: int, log_dir: Path) -> Process:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+def redis_server_binary() -> str | None:
+    return shutil.which("redis-server")
+
+
+def start_redis(binary: str, port: int, log_dir: Path) -> Process:
+    """A redis-server of our own on 127.0.0.1:port, no persistence."""
     proc = spawn(
         f"redis-{port}",
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
@@ -115,9 +117,11 @@ def start_redis(port: int, log_dir: Path) -> Process:
 
 
 # --- Label Studio ---
-def ensure_label_studio_installed() -> Path:
-    subprocess.run(["bash", str(SETUP_LS)], check=True)
-    return LS_VENV / "bin" / "label-studio"
+def installed_label_studio() -> Path | None:
+    """.venv-ls's label-studio when scripts/setup_ls.sh finished installing it (its marker file is there)."""
+    binary = LS_VENV / "bin" / "label-studio"
+    installed = (LS_VENV / f".installed-label-studio-{LS_VERSION}").is_file() and binary.is_file()
+    return binary if installed else None
 
 
 @dataclass
@@ -168,8 +172,7 @@ class LabelStudio:
         return self.api("GET", f"/api/predictions?project={project}").json()
 
 
-def start_label_studio(data_dir: Path, log_dir: Path, predict_timeout: int = 100) -> LabelStudio:
-    binary = ensure_label_studio_installed()
+def start_label_studio(binary: Path, data_dir: Path, log_dir: Path, predict_timeout: int = 100) -> LabelStudio:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO_", "DJANGO_"))}

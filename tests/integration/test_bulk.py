@@ -36,7 +36,7 @@ from backend.labelstudio.client import LabelStudioClient
 from backend.settings import Settings
 from tagclip_cli.review import floor_threshold
 
-from .browser import Browser, chromium_binary, login_cookies
+from .browser import Browser, login_cookies
 from .bulk_helpers import (
     CONFIG,
     LABELS,
@@ -273,13 +273,12 @@ PAGE_DRAFT = """(() => {
 })()"""
 
 
-@pytest.mark.skipif(chromium_binary() is None, reason="chromium not installed (scripts/test.sh installs it)")
-def test_labeling_page_prefills_the_bulk_prediction(interrupted_run, label_studio, artifacts):
+def test_labeling_page_prefills_the_bulk_prediction(interrupted_run, label_studio, artifacts, chromium):
     run = interrupted_run
     project = run["project"]
     task = project.good[-1]
     (prediction,) = predictions_by_task(label_studio, project.id)[task]
-    browser = Browser(artifacts / "chromium-bulk.log")
+    browser = Browser(chromium, artifacts / "chromium-bulk.log")
     try:
         browser.set_cookies(label_studio.url, login_cookies(label_studio.url, LS_USER, LS_PASSWORD))
         browser.navigate(f"{label_studio.url}/projects/{project.id}/data?task={task}")

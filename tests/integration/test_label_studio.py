@@ -7,18 +7,20 @@ they are measurements, not assertions (speed targets live in bench/).
 from __future__ import annotations
 
 import json
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 from label_studio_sdk.label_interface import LabelInterface
 from redis import Redis
 from rq import Queue
+from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from .conftest import make_stack
-from .stack import CORRUPT_PNG, image_files, wait_until, wait_workers
+from .latency import HEALTH_LIMIT_S, MIN_SAMPLES, SETUP_LIMIT_S, Prober, Samples
+from .stack import CORRUPT_PNG, free_port, image_files, start_redis, wait_until, wait_workers
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -88,32 +90,16 @@ def test_retrieve_predictions_for_a_batch_stores_all_and_corrupt_costs_only_its_
 ):
     batch = [t for t in project["tasks"] if t != project["tasks"][0]]
     assert len(batch) >= BATCH
-    latencies = {"health": [], "setup": []}
-    stop = threading.Event()
-
-    def probe() -> None:  # Label Studio gives /health 1 s and /setup 3 s, even while /predict runs
-        while not stop.is_set():
-            for route, call in (
-                ("health", lambda: requests.get(stack.url + "/health", timeout=5)),
-                (
-                    "setup",
-                    lambda: requests.post(
-                        stack.url + "/setup", timeout=5, json={"project": f"{project['id']}.0", "schema": CONFIG}
-                    ),
-                ),
-            ):
-                started = time.perf_counter()
-                assert call().status_code == 200
-                latencies[route].append(time.perf_counter() - started)
-            time.sleep(0.2)
-
-    prober = threading.Thread(target=probe, daemon=True)
-    prober.start()
-    started = time.perf_counter()
-    answer = label_studio.retrieve_predictions(project["id"], batch)
-    elapsed = time.perf_counter() - started
-    stop.set()
-    prober.join(10)
+    setup = {"project": f"{project['id']}.0", "schema": CONFIG}
+    routes = {  # Label Studio gives /health 1 s and /setup 3 s, even while /predict runs
+        "health": (HEALTH_LIMIT_S, lambda timeout: requests.get(stack.url + "/health", timeout=timeout)),
+        "setup": (SETUP_LIMIT_S, lambda timeout: requests.post(stack.url + "/setup", json=setup, timeout=timeout)),
+    }
+    with Prober(routes) as prober:
+        started = time.perf_counter()
+        answer = label_studio.retrieve_predictions(project["id"], batch)
+        elapsed = time.perf_counter() - started
+    latencies = prober.results()
     assert answer["processed_items"] == len(batch)
 
     stored = {p["task"]: p for p in label_studio.predictions(project["id"])}
@@ -124,8 +110,6 @@ def test_retrieve_predictions_for_a_batch_stores_all_and_corrupt_costs_only_its_
             assert stored[task_id]["result"] == [] and stored[task_id]["model_version"] == project["version"]
         else:
             assert_valid_prediction(stored[task_id], project["version"], interface)
-    assert latencies["health"] and max(latencies["health"]) < 1.0, latencies["health"]
-    assert max(latencies["setup"]) < 3.0, latencies["setup"]
     record_figure(
         artifacts,
         "retrieve_batch",
@@ -134,9 +118,13 @@ def test_retrieve_predictions_for_a_batch_stores_all_and_corrupt_costs_only_its_
             "seconds": round(elapsed, 2),
             "tasks_per_s": round(len(batch) / elapsed, 2),
             "workers": 2,
-            "max_health_s": round(max(latencies["health"]), 3),
+            "max_health_s": round(max(latencies["health"].seconds), 3),
+            "health_s": latencies["health"].report(),
+            "setup_s": latencies["setup"].report(),
         },
     )
+    latencies["health"].check()
+    latencies["setup"].check()
 
 
 def test_direct_single_task_latency(label_studio, project, stack, artifacts):
@@ -181,15 +169,18 @@ def test_worker_killed_mid_batch_loses_nothing(label_studio, stack, redis_url):
     started_registry = Queue(
         stack.queue_name, connection=Redis.from_url(redis_url), serializer=JSONSerializer
     ).started_job_registry
-    result: dict = {}
-    action = threading.Thread(target=lambda: result.update(label_studio.retrieve_predictions(project_id, task_ids)))
-    action.start()
-    wait_until(lambda: started_registry.get_job_ids(), 60, interval=0.02, what="a job running on the victim")
-    victim.kill9()
-    stack.start_worker("rescuer")
-    action.join(110)
-    assert not action.is_alive()
-    assert result.get("processed_items") == BATCH
+    with ThreadPoolExecutor(1) as pool:  # result() re-raises here whatever failed in the helper thread
+        action = pool.submit(label_studio.retrieve_predictions, project_id, task_ids)
+        wait_until(lambda: started_registry.get_job_ids(), 60, interval=0.02, what="a job running on the victim")
+        victim.kill9()
+        killed = started_registry.get_job_ids()  # still registered as started: the victim held them when it died
+        assert killed
+        rescuer = stack.start_worker("rescuer")
+        assert action.result(timeout=110)["processed_items"] == BATCH
+    for job_id in killed:  # each killed job ran again, to the end, on the rescuer
+        job = Job.fetch(job_id, connection=Redis.from_url(redis_url), serializer=JSONSerializer)
+        assert job.get_status() == JobStatus.FINISHED, (job_id, job.get_status())
+        assert job.return_value()["worker"] == rescuer.name, (job_id, job.return_value()["worker"])
     stored = {p["task"]: p for p in label_studio.predictions(project_id)}
     assert set(stored) == set(task_ids), f"lost {sorted(set(task_ids) - set(stored))}"
     interface = LabelInterface(CONFIG)
@@ -198,11 +189,9 @@ def test_worker_killed_mid_batch_loses_nothing(label_studio, stack, redis_url):
         assert_valid_prediction(stored[task_id], version, interface)
 
 
-def test_redis_outage_gives_503_and_not_ready_then_recovers(engine_env, artifacts, label_studio):
-    from .stack import free_port, start_redis
-
+def test_redis_outage_gives_503_and_not_ready_then_recovers(engine_env, artifacts, label_studio, redis_server):
     port = free_port()
-    redis_process = start_redis(port, artifacts)
+    redis_process = start_redis(redis_server, port, artifacts)
     outage = make_stack(
         {**engine_env, "REDIS_URL": f"redis://127.0.0.1:{port}/0"},
         artifacts,
@@ -220,16 +209,18 @@ def test_redis_outage_gives_503_and_not_ready_then_recovers(engine_env, artifact
         assert requests.post(outage.url + "/predict", json=body, timeout=90).status_code == 200
 
         redis_process.stop()
-        started = time.perf_counter()
+        health_samples = Samples("health", HEALTH_LIMIT_S)
+        for _ in range(MIN_SAMPLES):  # within Label Studio's 1 s even with Redis gone
+            health_samples.time(lambda timeout: requests.get(outage.url + "/health", timeout=timeout))
+        health_samples.check()
         health = requests.get(outage.url + "/health", timeout=5)
-        assert time.perf_counter() - started < 1.0
         assert health.status_code == 200 and health.json()["ready"] is False
         assert "unreachable" in health.json()["reason"]
         down = requests.post(outage.url + "/predict", json=body, timeout=30)
         assert down.status_code == 503
         assert "Redis" in down.json()["error"] and "Traceback" not in down.text
 
-        redis_process = start_redis(port, artifacts)
+        redis_process = start_redis(redis_server, port, artifacts)
         wait_workers(outage.url, 1, timeout=60)
         again = requests.post(outage.url + "/predict", json=body, timeout=90)
         assert again.status_code == 200

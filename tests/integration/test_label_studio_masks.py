@@ -14,7 +14,7 @@ from label_studio_sdk.converter.brush import decode_rle
 from label_studio_sdk.label_interface import LabelInterface
 from PIL import Image
 
-from .browser import Browser, chromium_binary, login_cookies
+from .browser import Browser, login_cookies
 from .stack import LS_PASSWORD, LS_USER, image_files, wait_workers
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -131,12 +131,11 @@ def test_opening_a_task_stores_brush_and_rectangle_regions(projects, stored, mod
     assert projects["coarse"]["version"] != projects["clip-es"]["version"]
 
 
-@pytest.mark.skipif(chromium_binary() is None, reason="chromium not installed (scripts/test.sh installs it)")
 @pytest.mark.parametrize("mode", ["coarse", "clip-es"])
-def test_labeling_page_draws_the_predicted_regions(label_studio, projects, stored, artifacts, mode):
+def test_labeling_page_draws_the_predicted_regions(label_studio, projects, stored, artifacts, chromium, mode):
     project, prediction = projects[mode], stored[mode]
     expected = [r for r in prediction["result"] if r["type"] != "choices"]
-    browser = Browser(artifacts / f"chromium-{mode}.log")
+    browser = Browser(chromium, artifacts / f"chromium-{mode}.log")
     try:
         browser.set_cookies(label_studio.url, login_cookies(label_studio.url, LS_USER, LS_PASSWORD))
         browser.navigate(f"{label_studio.url}/projects/{project['id']}/data?task={project['tasks'][0]}")

@@ -1,5 +1,5 @@
-"""docker-compose.yml: structure checked with PyYAML, and with the real Docker Compose v2 `config` when
-it is installed (docker CLI plugin, or scripts/check_compose.sh's .venv-tools/bin/docker-compose)."""
+"""docker-compose.yml: structure checked with PyYAML, and with the real Docker Compose v2 `config` (the docker
+CLI plugin, or .venv-tools/bin/docker-compose that scripts/provision.sh installs)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from backend.settings import ENV_VARS
+from tests.fixtures.components import require
 
 pytestmark = pytest.mark.unit
 
@@ -30,11 +31,12 @@ SERVER_ONLY = {
 REDIS_URL = "redis://:${REDIS_PASSWORD:?set REDIS_PASSWORD in .env (docs/security.md)}@redis:6379/0"
 
 
-def compose_command() -> list[str] | None:
+@pytest.fixture(scope="module")
+def compose_command() -> list[str]:
     if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
         return ["docker", "compose"]
     tools = ROOT / ".venv-tools" / "bin" / "docker-compose"
-    return [str(tools)] if tools.exists() else None
+    return require([str(tools)] if tools.exists() else None, "Docker Compose v2", "scripts/provision.sh compose")
 
 
 def test_services_and_profiles():
@@ -92,10 +94,8 @@ def _compose_config(command: list[str], profiles: list[str], env: dict) -> subpr
     )
 
 
-def test_docker_compose_config_passes_and_needs_a_redis_password():
-    command = compose_command()
-    if command is None:
-        pytest.skip("Docker Compose v2 not installed (run scripts/check_compose.sh once)")
+def test_docker_compose_config_passes_and_needs_a_redis_password(compose_command):
+    command = compose_command
     base = {k: v for k, v in os.environ.items() if k != "REDIS_PASSWORD"}
     for profiles in ([], ["--profile", "monitoring", "--profile", "cpu", "--profile", "gpu1"]):
         result = _compose_config(command, profiles, {**base, "REDIS_PASSWORD": "s3cret-for-the-test"})

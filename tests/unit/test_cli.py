@@ -20,6 +20,8 @@ from tagclip_cli.labels import LabelEntry, parse_label_lines, parse_label_list, 
 from tagclip_cli.main import COMMANDS, command_parser, main
 from tagclip_cli.tagging import tag_files
 
+pytestmark = pytest.mark.unit
+
 RECORD_KEYS = ["image", "scores", "tags", "error"]
 
 

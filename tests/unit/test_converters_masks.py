@@ -17,6 +17,8 @@ from backend.converters.regions import MaskDefaults, MaskOutput, RegionPlan
 from backend.errors import LabelConfigError
 from tagclip_core.geometry import rle_decode, rle_encode
 
+pytestmark = pytest.mark.unit
+
 CONFIG = """
 <View>
   <Image name="image" value="$image"/>

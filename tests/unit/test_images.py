@@ -15,6 +15,8 @@ from PIL import Image, ImageFile, ImageOps
 from tagclip_core.errors import ImageLoadError, ImageTooLargeError
 from tagclip_core.images import ImageLimits, load_image, normalise_mode, read_image
 
+pytestmark = pytest.mark.unit
+
 RED = (255, 0, 0)
 BLUE = (0, 0, 255)
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tagclip_core import clipes
 from tagclip_core.config import MaskConfig, ModelSpec
 from tagclip_core.errors import ClassListError, TagCLIPError
 from tagclip_core.geometry import mask_regions, rle_decode, rle_encode
@@ -17,6 +18,9 @@ from tagclip_core.masks import MASK_FOREGROUND, Segmenter, coarse_maps, coarse_m
 from tagclip_core.model import load_clip
 from tagclip_core.types import ClassSpec, ImagePrediction
 from tests.fixtures.images import synthetic_pixels
+from tests.fixtures.parity import clipes_stages
+
+pytestmark = pytest.mark.unit
 
 ODD_SIZES = [(1, 1), (1, 7), (7, 1), (3, 5), (37, 53), (75, 100), (101, 67)]
 
@@ -129,9 +133,18 @@ def test_coarse_masks_on_a_real_prediction(tiny_engine):
     image = Image.fromarray(synthetic_pixels(150, 100, 3))
     prediction = tiny_engine.predict([image])[0]
     result = coarse_masks(prediction, prediction.tags)
-    assert result.cams.shape == (len(prediction.tags), 150, 100)
-    assert result.label_map.max() <= len(prediction.tags)
-    assert all(m.mask.shape == (150, 100) for m in result.masks)
+    rows = [prediction.labels.index(tag) for tag in prediction.tags]
+    expected = coarse_maps(prediction.patch_scores[rows], (150, 100), MaskConfig().minmax_eps)
+    assert np.array_equal(result.cams, expected)
+    assert np.array_equal(result.label_map, level_label_map(expected, MaskConfig().coarse_background))
+    assert_masks_are_the_label_map(result)
+
+
+def assert_masks_are_the_label_map(result) -> None:
+    """With no minimum region area, tag k's mask is exactly where the label map says k, at 255."""
+    assert len(result.masks) == len(result.labels)
+    for index, tag in enumerate(result.masks):
+        assert np.array_equal(tag.mask, (result.label_map == index + 1).astype(np.uint8) * MASK_FOREGROUND)
 
 
 @pytest.fixture(scope="module")
@@ -142,9 +155,15 @@ def segmenter(tiny_checkpoint, tmp_path_factory) -> Segmenter:
 
 def test_clip_es_masks_follow_the_label_map(segmenter):
     image = Image.fromarray(synthetic_pixels(96, 128, 5))
-    result = segmenter.segment(image, ["cat", ClassSpec("person", ("person with clothes", "people", "human"))])
+    specs = [ClassSpec("cat"), ClassSpec("person", ("person with clothes", "people", "human"))]
+    result = segmenter.segment(image, specs)
     assert result.mode == "clip-es" and result.labels == ("cat", "person")
-    assert result.cams.shape == (2, 96, 128) and result.cams.dtype == np.float16
+    # The maps are the refined CAMs of the pipeline's steps, min-max normalised, upsampled, in float16.
+    stages = clipes_stages(segmenter, image, specs)
+    refined = clipes.minmax(torch.from_numpy(stages.refined), segmenter.config.minmax_eps)
+    expected = clipes.upsample_cams(refined, stages.grid, (96, 128)).astype(np.float16)
+    assert result.cams.dtype == np.float16 and np.array_equal(result.cams, expected)
+    assert np.array_equal(result.label_map, clipes.label_map(expected))
     for index, mask in enumerate(result.masks):
         inside = result.label_map == index + 1
         assert not (mask.mask.astype(bool) & ~inside).any()  # small regions may be dropped, nothing added

@@ -9,7 +9,13 @@ import pytest
 from PIL import Image
 
 from tagclip_cli.main import COMMANDS, Command, main
+from tagclip_core import ClassSpec, ModelSpec, TagCLIP
+from tagclip_core.config import MaskConfig
+from tagclip_core.masks import Segmenter
+from tagclip_core.model import load_clip
 from tests.fixtures.images import synthetic_pixels
+
+pytestmark = pytest.mark.unit
 
 SEGMENT = Command("segment", "tagclip_cli.segment", "masks for each image's tags")
 COMMANDS_WITH_SEGMENT = COMMANDS if any(c.name == "segment" for c in COMMANDS) else (*COMMANDS, SEGMENT)
@@ -44,11 +50,26 @@ def test_segment_given_tags(mode, images, tiny_checkpoint, cache, tmp_path, caps
     assert status == 0 and [r["error"] for r in records] == [None, None]
     assert [r["tags"] for r in records] == [["dog", "person"]] * 2
     data = np.load(tmp_path / "out" / "a.npz")
-    assert data["cams"].dtype == np.float32 and data["cams"].shape == (2, 75, 100)
-    assert data["label_map"].shape == (75, 100) and data["label_map"].max() <= 2
     assert data["labels"].tolist() == ["dog", "person"] and str(data["mode"]) == mode
+    # The very maps and label map the engine API gives (same computation, same process: equal bit for bit).
+    expected = engine_masks(tiny_checkpoint, Image.open(images / "a.png"), mode)
+    assert data["cams"].dtype == np.float32 and np.array_equal(data["cams"], expected.cams.astype(np.float32))
+    assert np.array_equal(data["label_map"], expected.label_map)
     with Image.open(tmp_path / "out" / "b.png") as overlay:
         assert overlay.size == (53, 37) and overlay.mode == "RGB"
+
+
+def engine_masks(checkpoint, image: Image.Image, mode: str):
+    """What tagclip_core gives for `segment --labels cat,dog --tags dog,person --background none`: the classifier
+    knows cat, dog and person (a tag outside the labels becomes a class), the masks are dog's and person's."""
+    clip = load_clip(ModelSpec(checkpoint=str(checkpoint)))
+    specs = [ClassSpec("dog"), ClassSpec("person")]
+    segmenter = Segmenter(clip, MaskConfig(mode=mode, background="none"))
+    if mode == "clip-es":
+        return segmenter.segment(image, specs)
+    engine = TagCLIP(clip)
+    engine.set_classes(["cat", "dog", "person"], background="none")
+    return segmenter.segment(image, specs, mode="coarse", prediction=engine.predict([image])[0])
 
 
 def test_segment_tags_from_the_classifier(images, tiny_checkpoint, cache, tmp_path, capsys):

@@ -7,6 +7,8 @@ import pytest
 
 from tagclip_core.metrics import average_precision, f1_at_relative_threshold, mean_average_precision
 
+pytestmark = pytest.mark.unit
+
 # Three images x three classes; class 2 has no positive image.
 SCORES = np.array(
     [

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import time
+import socket
+from urllib.parse import urlparse
 
+import open_clip
 import pytest
 import torch
 
@@ -70,12 +72,32 @@ def test_no_weights_and_downloads_off_says_how_to_provide_them(tmp_path):
         load_clip(ModelSpec(cache_dir=str(tmp_path), allow_download=False))
 
 
-def test_offline_download_fails_fast_with_instructions(tmp_path):
-    # This machine has no route to the weights host: the loader must say so quickly, never hang.
-    started = time.monotonic()
-    with pytest.raises(WeightsUnavailableError, match="checkpoint"):
+def test_unreachable_weights_host_fails_fast_with_instructions(tmp_path, monkeypatch):
+    """Offline by construction, whatever this machine's network: every connection the loader opens is sent to a
+    local port nothing listens on (refused), and a download would fail the test."""
+    refused_port = free_local_port()
+    attempts = []
+    connect = socket.create_connection
+
+    def refused(address, timeout=None, *args, **kwargs):
+        attempts.append((address, timeout))
+        return connect(("127.0.0.1", refused_port), timeout, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", refused)
+    monkeypatch.setattr(open_clip.pretrained, "download_pretrained_from_url", lambda *a, **k: pytest.fail("download"))
+    with pytest.raises(WeightsUnavailableError, match="cannot reach .*TAGCLIP_CHECKPOINT"):
         load_clip(ModelSpec(cache_dir=str(tmp_path)))
-    assert time.monotonic() - started < 30
+    weights_host = urlparse(open_clip.get_pretrained_cfg("ViT-B-16", "openai")["url"]).hostname
+    # One bounded connection check to the weights host: refused here, it can never hang (a timeout is set).
+    assert [address for address, _ in attempts] == [(weights_host, 443)]
+    assert 0 < attempts[0][1] <= 10
+
+
+def free_local_port() -> int:
+    """A local TCP port that was free a moment ago: connecting to it is refused."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def test_weights_in_cache_dir_are_used_without_download(tmp_path):

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import tagclip_core.predictor as predictor_module
 from tagclip_core import ClassListError, ClassSpec, EngineConfig, ModelSpec, TagCLIP, TagCLIPConfig
 from tests.fixtures.images import PARITY_IMAGES, render, synthetic_pixels
+from tests.fixtures.noise import autocast_perturbation, float32_perturbation, perturbed_clips
+from tests.fixtures.parity import max_tokens, prediction_mismatches
 
 pytestmark = pytest.mark.unit
 
@@ -42,6 +47,36 @@ def test_several_images_per_call_equal_one_at_a_time(tiny_engine):
     together = tiny_engine.predict(IMAGES)
     for image, prediction in zip(IMAGES, together, strict=True):
         _assert_same(prediction, tiny_engine.predict([image])[0])
+
+
+def test_batched_cpu_forwards_equal_one_image_at_a_time(tiny_checkpoint, tmp_path, monkeypatch):
+    """cpu_batch_size > 1 runs the batched image forward a GPU runs; it equals batch 1 up to float32 rounding."""
+    images = [_image(96, 128, seed) for seed in range(40, 45)] + [IMAGES[2]]
+    spec = ModelSpec(checkpoint=str(tiny_checkpoint), cache_dir=str(tmp_path))
+    single = TagCLIP.load(spec)
+    batched = TagCLIP.load(spec, EngineConfig(cpu_batch_size=4))
+    tokens = max_tokens([[image.height, image.width] for image in images], single.clip.patch_size)
+    shifted = [TagCLIP(clip) for clip in perturbed_clips(single.clip, float32_perturbation(single.clip, tokens))]
+    for engine in (single, batched, *shifted):
+        engine.set_classes(["cat", "dog", "person", "car"], background="voc")
+    forwards = record_forward_batches(monkeypatch)
+    got = batched.predict(images)
+    assert sorted(forwards) == [1, 1, 4]  # five 96x128 images: 4 + 1; the 70x50 one alone
+    rel = single.config.tagclip.tag_rel_threshold
+    assert prediction_mismatches(single.predict(images), got, [e.predict(images) for e in shifted], rel) == []
+
+
+def record_forward_batches(monkeypatch) -> list[int]:
+    """The batch size of every image forward from now on (predictor.tagclip_forward wrapped)."""
+    sizes: list[int] = []
+    forward = predictor_module.tagclip_forward
+
+    def recording(visual, pixels, *args):
+        sizes.append(len(pixels))
+        return forward(visual, pixels, *args)
+
+    monkeypatch.setattr(predictor_module, "tagclip_forward", recording)
+    return sizes
 
 
 def test_batched_cwr_equals_one_crop_at_a_time(tiny_engine, monkeypatch):
@@ -143,12 +178,17 @@ def test_a_76_patch_image_does_not_depend_on_the_image_before_it(tiny_engine):
 
 
 def test_bf16_on_cpu_runs_under_autocast_close_to_fp32(tiny_checkpoint, tmp_path):
-    images = [render(spec) for spec in PARITY_IMAGES[:4]]
+    """bf16 scores within the float32 engine's response to bf16 operand rounding, and the same tags wherever that
+    cannot flip them (tests/fixtures/noise.py)."""
+    images = [render(spec) for spec in PARITY_IMAGES]
+    classes = ["cat", "dog", "person", "car"]
     spec = ModelSpec(checkpoint=str(tiny_checkpoint), cache_dir=str(tmp_path))
     exact = TagCLIP.load(spec)
-    exact.set_classes(["cat", "dog", "person", "car"], background="voc")
-    fast = TagCLIP.load(ModelSpec(checkpoint=str(tiny_checkpoint), cache_dir=str(tmp_path), precision="bf16"))
-    fast.set_classes(["cat", "dog", "person", "car"], background="voc")
-    for a, b in zip(exact.predict(images), fast.predict(images), strict=True):
-        assert np.isfinite(b.scores).all()
-        np.testing.assert_allclose(a.scores, b.scores, atol=0.05)
+    fast = TagCLIP.load(dataclasses.replace(spec, precision="bf16"))
+    shifted = [TagCLIP(clip) for clip in perturbed_clips(exact.clip, autocast_perturbation(torch.bfloat16))]
+    for engine in (exact, fast, *shifted):
+        engine.set_classes(classes, background="voc")
+    reference, got = exact.predict(images), fast.predict(images)
+    assert all(np.isfinite(p.scores).all() for p in got)
+    rel = exact.config.tagclip.tag_rel_threshold
+    assert prediction_mismatches(reference, got, [e.predict(images) for e in shifted], rel) == []

@@ -7,6 +7,8 @@ import pytest
 
 from tagclip_core.tags import relative_tags, relative_threshold, tag_labels
 
+pytestmark = pytest.mark.unit
+
 
 def test_threshold_is_min_plus_rel_times_range() -> None:
     # min 0.1, max 0.9: 0.1 + 0.5 * 0.8 = 0.5

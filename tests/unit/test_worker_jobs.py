@@ -7,10 +7,13 @@ import copy
 import json
 
 import pytest
+import torch
 
 from backend.contracts.predict import build_payloads, chunk_size_for
 from backend.contracts.source import KeyPlace, SourceRef
 from backend.errors import ModelMismatchError, PayloadError
+from tagclip_core import ClassSpec
+from tagclip_core.images import load_image
 from tests.fixtures.http_server import serve_directory
 from tests.integration.stack import CORRUPT_PNG, png_bytes
 from worker.jobs import predict_chunk
@@ -18,6 +21,8 @@ from worker.runtime import current_runtime
 
 pytestmark = pytest.mark.unit
 
+# (width, height) of the image whose forward fails even alone in the fallback test.
+FAILING_SIZE = (40, 30)
 CONTROLS = [
     {
         "name": "tags",
@@ -33,6 +38,7 @@ def server(tmp_path_factory):
         s.put("a.png", png_bytes(64, 80, 1))
         s.put("b.png", png_bytes(100, 60, 2))
         s.put("bad.png", CORRUPT_PNG)
+        s.put("c.png", png_bytes(FAILING_SIZE[1], FAILING_SIZE[0], 3))
         yield s
 
 
@@ -49,12 +55,44 @@ def test_chunk_result_is_plain_json_with_per_task_errors(tiny_runtime, server):
     assert json.loads(json.dumps(result)) == result
     tasks = {t["index"]: t for t in result["tasks"]}
     assert set(tasks) == {0, 1, 2, 3}
-    for ok in (0, 2):
-        out = tasks[ok]["outputs"]["tags"]
-        assert out["labels"] == ["Cat", "Dog"] and len(out["scores"]) == 2 and set(out["tags"]) <= {"Cat", "Dog"}
+    for ok, name in ((0, "a.png"), (2, "b.png")):  # the engine API's own scores and tags, serialized
+        assert tasks[ok]["outputs"]["tags"] == engine_output(tiny_runtime, server, name)
     assert tasks[1]["kind"] == "image" and "bad.png" in tasks[1]["error"]
     assert tasks[3]["kind"] == "download" and "has no data['image']" in tasks[3]["error"]
     assert result["model_id"] == tiny_runtime.engine.model_id
+
+
+def engine_output(tiny_runtime, server, name: str) -> dict:
+    """What tagclip_core predicts for one served image with CONTROLS' classes, in the job's JSON form."""
+    tiny_runtime.engine.set_classes([ClassSpec("Cat", ("cat", "kitten")), ClassSpec("Dog")], background="voc")
+    (prediction,) = tiny_runtime.engine.predict([load_image(server.root.joinpath(name).read_bytes())])
+    return {
+        "labels": ["Cat", "Dog"],
+        "scores": [round(float(score), 6) for score in prediction.scores],
+        "tags": list(prediction.tags),
+    }
+
+
+def test_a_failed_batch_is_predicted_again_image_by_image(tiny_runtime, server, monkeypatch):
+    """An out-of-memory error on the batched forward: the worker retries each image alone, so the chunk still
+    answers every task with the same values; an image that fails alone costs only its own task."""
+    predict = tiny_runtime.engine.predict
+    batches = []
+
+    def out_of_memory_on_batches(images, *args, **kwargs):
+        batches.append(len(images))
+        if len(images) > 1 or (len(images) == 1 and images[0].size == FAILING_SIZE):
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return predict(images, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_runtime.engine, "predict", out_of_memory_on_batches)
+    result = tiny_runtime.run(predict_chunk, payload(tiny_runtime, server, ["/a.png", "/b.png", "/c.png"]))
+    monkeypatch.undo()
+    assert batches == [3, 1, 1, 1]  # the batch, then each image alone
+    tasks = {t["index"]: t for t in result["tasks"]}
+    assert tasks[0]["outputs"]["tags"] == engine_output(tiny_runtime, server, "a.png")
+    assert tasks[1]["outputs"]["tags"] == engine_output(tiny_runtime, server, "b.png")
+    assert tasks[2]["kind"] == "engine" and "OutOfMemoryError" in tasks[2]["error"]
 
 
 def test_malformed_payload_and_other_weights_raise(tiny_runtime, server):

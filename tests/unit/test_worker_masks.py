@@ -70,13 +70,16 @@ def test_masks_only_where_asked_in_plain_json_at_the_image_size(result):
         assert outputs["box"] == outputs["mask"]  # same classes, same mask settings: shared
 
 
-def test_masks_equal_the_engine_api(result, tiny_runtime, server):
-    image = load_image(server.root.joinpath("a.png").read_bytes())
+@pytest.mark.parametrize("index", range(len(SIZES)), ids=list(SIZES))
+def test_masks_equal_the_engine_api(result, tiny_runtime, server, index):
+    """Every task's scores, tags and masks (run lengths, regions, scores) are the engine API's, value for value."""
+    image = load_image(server.root.joinpath(list(SIZES)[index]).read_bytes())
     classes = [ClassSpec("Cat", ("cat", "kitten")), ClassSpec("Dog"), ClassSpec("Car")]
     tiny_runtime.engine.set_classes(classes, background="voc")
     prediction = tiny_runtime.engine.predict([image])[0]
-    outputs = result["tasks"][0]["outputs"]
+    outputs = result["tasks"][index]["outputs"]
     assert outputs["mask"]["scores"] == [round(float(s), 6) for s in prediction.scores]
+    assert outputs["mask"]["tags"] == list(prediction.tags)
     assert outputs["mask"]["masks"] == coarse_masks(prediction, prediction.tags, MaskConfig(mode="coarse")).to_json()
     segmenter = Segmenter(tiny_runtime.engine.clip, MaskConfig(background="voc"), tiny_runtime.engine.config.preprocess)
     assert outputs["poly"]["masks"] == segmenter.segment(image, classes).to_json()
