@@ -57,6 +57,10 @@ class ServiceUnavailableError(HTTPError):
     status = 503
 
 
+class BusyError(ServiceUnavailableError):
+    """Every /predict slot of the process is taken; the caller should try again shortly."""
+
+
 class QueueUnavailableError(ServiceUnavailableError):
     """Redis cannot be reached (connection refused, timeout)."""
 

@@ -18,6 +18,8 @@ from .labelstudio.auth import Source
 # Label Studio's read timeout for /predict (ML_TIMEOUT_PREDICT, 100 s by default). PREDICT_TIMEOUT
 # must stay below it, or Label Studio gives up before we answer and stores nothing.
 LABEL_STUDIO_PREDICT_TIMEOUT = 100.0
+# Server threads per process that a waiting /predict never takes (for /health, /setup, /metrics, /jobs).
+RESERVED_THREADS = 4
 # The TAGCLIP_MASK_MODE (and extra_params.mask_mode) value that switches region controls off.
 MASKS_OFF = "off"
 # TAGCLIP_MASK_MODE values: a mask mode, or off.
@@ -105,8 +107,9 @@ class Settings:
     # Optional basic auth for /setup, /predict and /metrics (both or neither).
     basic_auth_user: str | None = None
     basic_auth_pass: str | None = None
-    # gunicorn threads (gthread): /health and /setup stay fast while /predict waits.
-    server_threads: int = 8
+    # gunicorn threads (gthread) per process. A waiting /predict holds one; RESERVED_THREADS of them are kept
+    # for /health, /setup and the other short routes, so Label Studio's 1 s and 3 s never starve.
+    server_threads: int = 64
     # gunicorn processes; more than 1 only with REDIS_URL (one engine per process otherwise).
     server_workers: int = 1
     log_level: str = "INFO"
@@ -143,6 +146,11 @@ class Settings:
             raise SettingsError(f"JOB_RETRIES must be >= 0, got {self.job_retries}")
         if self.worker_heartbeat <= 0 or self.download_timeout <= 0:
             raise SettingsError("WORKER_HEARTBEAT and DOWNLOAD_TIMEOUT must be positive")
+        if self.server_threads <= RESERVED_THREADS:
+            raise SettingsError(
+                f"SERVER_THREADS must be more than the {RESERVED_THREADS} kept for /health and /setup, got "
+                f"{self.server_threads}"
+            )
         if self.server_workers > 1 and not self.redis_url:
             raise SettingsError("SERVER_WORKERS > 1 needs REDIS_URL (embedded mode keeps one engine per process)")
         if self.mask_mode not in MASK_MODE_CHOICES:
@@ -151,6 +159,11 @@ class Settings:
             raise SettingsError(f"TAGCLIP_MIN_REGION_AREA must be >= 0, got {self.min_region_area}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise SettingsError(f"TAGCLIP_PRECISION must be fp32, bf16 or fp16, got {self.precision!r}")
+
+    @property
+    def predict_slots(self) -> int:
+        """Requests that may wait on predictions at once per process (/predict): the threads not reserved."""
+        return self.server_threads - RESERVED_THREADS
 
     @property
     def embedded(self) -> bool:

@@ -18,7 +18,7 @@ _TIMEOUT_MARGIN_S = 30
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="bind address (HOST, default 0.0.0.0)")
     parser.add_argument("--port", type=int, help="port (PORT, default 9090)")
-    parser.add_argument("--threads", type=int, help="request threads per process (SERVER_THREADS, default 8)")
+    parser.add_argument("--threads", type=int, help="request threads per process (SERVER_THREADS, default 64)")
     parser.add_argument("--workers", type=int, help="gunicorn processes, >1 needs REDIS_URL (SERVER_WORKERS)")
     parser.add_argument("--log-level", help="LOG_LEVEL (default INFO)")
 

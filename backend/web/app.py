@@ -38,6 +38,8 @@ BODY_LIMITS = {
     "jobs_cancel": 64 * 1024,
 }
 DEFAULT_BODY_LIMIT = 64 * 1024
+# Seconds a 503 (busy, Redis down, model loading) asks the caller to wait before trying again.
+RETRY_AFTER_S = 5
 
 
 @dataclass
@@ -120,6 +122,8 @@ def _after(response: Response) -> Response:
     metrics.requests.labels(endpoint, request.method, str(response.status_code)).inc()
     if "started" in g:
         metrics.latency.labels(endpoint).observe(time.perf_counter() - g.started)
+    if response.status_code == 503:
+        response.headers.setdefault("Retry-After", str(RETRY_AFTER_S))
     if response.status_code == 401:
         response.headers["WWW-Authenticate"] = 'Basic realm="tagclip"'
     return response

@@ -7,15 +7,16 @@ process imports torch only in embedded mode, and only through that path.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as wait_futures
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import TimeoutError as FuturesTimeoutError
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -64,8 +65,10 @@ class Dispatcher(ABC):
     mode: str
 
     @abstractmethod
-    def run(self, payloads: Sequence[dict[str, Any]], deadline: float) -> list[ChunkOutcome]:
-        """Run every payload; return one outcome per payload, in order, by `deadline` (time.monotonic())."""
+    def run(self, payloads: Sequence[dict[str, Any]], deadline: float) -> Iterator[tuple[int, ChunkOutcome]]:
+        """Start every payload now (raising when that is impossible), then yield (position, outcome) for each as it
+        ends, until `deadline` (time.monotonic()); the payloads not done by then are yielded last, unfinished.
+        The caller works on each outcome as it comes, so its own work counts against the same deadline."""
 
     @abstractmethod
     def health(self) -> dict[str, Any]:
@@ -110,7 +113,7 @@ class RedisDispatcher(Dispatcher):
         self._fast_redis = Redis.from_url(settings.redis_url, socket_connect_timeout=0.3, socket_timeout=0.4)
         self.queue = Queue(self._keys.predict_queue, connection=self.redis, serializer=JSONSerializer)
 
-    def run(self, payloads: Sequence[dict[str, Any]], deadline: float) -> list[ChunkOutcome]:
+    def run(self, payloads: Sequence[dict[str, Any]], deadline: float) -> Iterator[tuple[int, ChunkOutcome]]:
         try:
             jobs = self.queue.enqueue_many(
                 [
@@ -130,43 +133,52 @@ class RedisDispatcher(Dispatcher):
             raise QueueUnavailableError(
                 f"Redis at {_redis_address(self._settings.redis_url)} is unreachable: {e}"
             ) from e
-        try:
-            return self._collect(jobs, deadline)
-        except RedisError as e:
-            raise QueueUnavailableError(f"lost Redis while waiting for jobs: {e}") from e
+        return self._collect(jobs, deadline)
 
-    def _collect(self, jobs: list[Job], deadline: float) -> list[ChunkOutcome]:
-        outcomes = [ChunkOutcome() for _ in jobs]
+    def _collect(self, jobs: list[Job], deadline: float) -> Iterator[tuple[int, ChunkOutcome]]:
         pending = set(range(len(jobs)))
         next_abandoned_check = time.monotonic() + ABANDONED_CHECK_INTERVAL
         while pending:
-            with self.redis.pipeline() as pipe:
-                for i in sorted(pending):
-                    pipe.hget(jobs[i].key, "status")
-                statuses = dict(zip(sorted(pending), pipe.execute(), strict=True))
-            for i, raw in statuses.items():
-                status = raw.decode() if isinstance(raw, bytes) else raw
-                if status == JobStatus.FINISHED.value:
-                    value = jobs[i].return_value(refresh=True)
-                    outcomes[i].result = value if isinstance(value, dict) else None
-                    if outcomes[i].result is None:
-                        outcomes[i].error = f"job {jobs[i].id} returned {type(value).__name__}, not an object"
-                    pending.discard(i)
-                elif status in (JobStatus.FAILED.value, JobStatus.STOPPED.value, JobStatus.CANCELED.value, None):
-                    outcomes[i].error = self._failure_text(jobs[i], status)
-                    pending.discard(i)
+            try:
+                ended = self._ended(jobs, sorted(pending))
+            except RedisError as e:
+                raise QueueUnavailableError(f"lost Redis while waiting for jobs: {e}") from e
+            for i, outcome in ended:
+                pending.discard(i)
+                yield i, outcome
+            now = time.monotonic()  # the caller's work on what was yielded counts too
             if not pending:
-                break
-            now = time.monotonic()
+                return
             if now >= deadline:
                 self._give_up([jobs[i] for i in pending])
                 break
             if now >= next_abandoned_check:
                 # Jobs of killed workers: their heartbeat lapsed; RQ re-queues them (Retry) or fails them.
-                self.queue.started_job_registry.cleanup()
+                with contextlib.suppress(RedisError):
+                    self.queue.started_job_registry.cleanup()
                 next_abandoned_check = now + ABANDONED_CHECK_INTERVAL
             time.sleep(min(POLL_INTERVAL, max(0.0, deadline - now)))
-        return outcomes
+        for i in sorted(pending):
+            yield i, ChunkOutcome()
+
+    def _ended(self, jobs: list[Job], pending: list[int]) -> list[tuple[int, ChunkOutcome]]:
+        """The outcomes of the pending jobs that have ended (one pipelined status read)."""
+        with self.redis.pipeline() as pipe:
+            for i in pending:
+                pipe.hget(jobs[i].key, "status")
+            statuses = pipe.execute()
+        ended = []
+        for i, raw in zip(pending, statuses, strict=True):
+            status = raw.decode() if isinstance(raw, bytes) else raw
+            if status == JobStatus.FINISHED.value:
+                value = jobs[i].return_value(refresh=True)
+                if isinstance(value, dict):
+                    ended.append((i, ChunkOutcome(result=value)))
+                else:
+                    ended.append((i, ChunkOutcome(error=f"job {jobs[i].id} returned {type(value).__name__}")))
+            elif status in (JobStatus.FAILED.value, JobStatus.STOPPED.value, JobStatus.CANCELED.value, None):
+                ended.append((i, ChunkOutcome(error=self._failure_text(jobs[i], status))))
+        return ended
 
     def _failure_text(self, job: Job, status: str | None) -> str:
         if status is None:
@@ -287,7 +299,7 @@ class EmbeddedDispatcher(Dispatcher):
         finally:
             self._loaded.set()
 
-    def run(self, payloads: Sequence[dict[str, Any]], deadline: float) -> list[ChunkOutcome]:
+    def run(self, payloads: Sequence[dict[str, Any]], deadline: float) -> Iterator[tuple[int, ChunkOutcome]]:
         self.warm_up()
         if not self._loaded.wait(timeout=max(0.0, deadline - time.monotonic())):
             raise EngineUnavailableError("the model is still loading; try again shortly")
@@ -301,18 +313,20 @@ class EmbeddedDispatcher(Dispatcher):
             future = self._executor.submit(self._runtime.run, self._job, json.loads(json.dumps(payload)))
             future.add_done_callback(self._finished)
             futures.append(future)
-        wait_futures(futures, timeout=max(0.0, deadline - time.monotonic()))
-        outcomes = []
-        for future in futures:
-            if not future.done():
-                future.cancel()
-                outcomes.append(ChunkOutcome())
-            elif future.exception() is not None:
-                e = future.exception()
-                outcomes.append(ChunkOutcome(error=scrub(f"{type(e).__name__}: {e}")))
-            else:
-                outcomes.append(ChunkOutcome(result=future.result()))
-        return outcomes
+        return self._collect(futures, deadline)
+
+    def _collect(self, futures: list[Future], deadline: float) -> Iterator[tuple[int, ChunkOutcome]]:
+        position = {future: i for i, future in enumerate(futures)}
+        unyielded = set(futures)
+        with contextlib.suppress(FuturesTimeoutError):
+            for future in as_completed(futures, timeout=max(0.0, deadline - time.monotonic())):
+                if time.monotonic() >= deadline:  # the caller's work on the earlier ones used the time up
+                    break
+                unyielded.discard(future)
+                yield position[future], _outcome_of(future)
+        for future in sorted(unyielded, key=position.__getitem__):
+            future.cancel()
+            yield position[future], ChunkOutcome()
 
     def _finished(self, _future: Future) -> None:
         with self._lock:
@@ -353,6 +367,13 @@ def _is_configured(settings: Settings, source: Source) -> bool:
         and source.api_key == configured.api_key
         and same_origin(source.url, configured.url)
     )
+
+
+def _outcome_of(future: Future) -> ChunkOutcome:
+    error = future.exception()
+    if error is not None:
+        return ChunkOutcome(error=scrub(f"{type(error).__name__}: {error}"))
+    return ChunkOutcome(result=future.result())
 
 
 def make_dispatcher(settings: Settings) -> Dispatcher:

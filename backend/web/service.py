@@ -11,13 +11,14 @@ Per-task outcomes (one entry per task, by position, as Label Studio zips them):
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..contracts.predict import build_payloads, chunk_size_for
 from ..contracts.source import source_ref
-from ..errors import BadRequestError, PayloadTooLargeError
+from ..errors import BadRequestError, BusyError, PayloadTooLargeError
 from ..labelstudio.auth import Source, task_source
 from ..resolve import Resolution, Resolver
 from ..results import task_result
@@ -45,6 +46,9 @@ class PredictionService:
         self.projects = projects
         self.metrics = metrics
         self.resolver = resolver or Resolver(settings)
+        # A /predict holds a server thread while it waits: at most predict_slots at once, so the reserved threads
+        # always answer /health and /setup. Past that, 503 at once rather than a queue behind the waiting ones.
+        self._slots = threading.BoundedSemaphore(settings.predict_slots)
 
     # --- /setup ---
     def setup(self, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -73,6 +77,18 @@ class PredictionService:
 
     # --- /predict ---
     def predict(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        if not self._slots.acquire(blocking=False):
+            self.metrics.failures.labels("busy").inc()
+            raise BusyError(
+                f"{self.settings.predict_slots} /predict requests are already waiting on predictions in this process; "
+                "try again shortly (more SERVER_THREADS, SERVER_WORKERS or workers raise the limit)"
+            )
+        try:
+            return self._predict(body)
+        finally:
+            self._slots.release()
+
+    def _predict(self, body: Mapping[str, Any]) -> dict[str, Any]:
         started = time.monotonic()
         deadline = started + self.settings.predict_timeout
         tasks = body.get("tasks")
@@ -117,7 +133,7 @@ class PredictionService:
             chunk,
         )
         outcomes = self.dispatcher.run(payloads, deadline)
-        results = self._assemble(tasks, payloads, outcomes, resolution)
+        results = self._assemble(tasks, payloads, outcomes, resolution, deadline)
         log.info(
             "project %s: %d tasks in %d jobs answered in %.2f s",
             project or "?",
@@ -131,28 +147,37 @@ class PredictionService:
         self,
         tasks: list,
         payloads: list[dict[str, Any]],
-        outcomes: list[ChunkOutcome],
+        outcomes: Iterable[tuple[int, ChunkOutcome]],
         resolution: Resolution,
+        deadline: float,
     ) -> list[dict[str, Any]]:
+        """Each job's tasks turned into predictions as the job ends; a task not converted by `deadline` (the
+        conversion of big masks takes time too) comes back without a result, as one whose job did not end."""
         version = resolution.model_version
         results: list[dict[str, Any] | None] = [None] * len(tasks)
-        for payload, outcome in zip(payloads, outcomes, strict=True):
-            indices = [t["index"] for t in payload["tasks"]]
+        for position, outcome in outcomes:
+            indices = [t["index"] for t in payloads[position]["tasks"]]
             if outcome.result is None:
-                reason = outcome.error or f"not done within PREDICT_TIMEOUT={self.settings.predict_timeout:g} s"
                 kind = "failed_job" if outcome.error else "timeout"
                 for i in indices:
-                    log.warning(
-                        "task %s: no prediction (will be retried by Label Studio later): %s", tasks[i].get("id"), reason
-                    )
-                    self.metrics.tasks.labels("unfinished").inc()
-                    self.metrics.failures.labels(kind).inc()
-                    results[i] = _skipped(version, reason)
+                    results[i] = self._unfinished(tasks[i], version, outcome.error or self._late(), kind)
                 continue
             by_index = {t.get("index"): t for t in outcome.result.get("tasks", []) if isinstance(t, Mapping)}
             for i in indices:
-                results[i] = self._task_result(tasks[i], by_index.get(i), resolution)
+                if time.monotonic() >= deadline:
+                    results[i] = self._unfinished(tasks[i], version, self._late(), "timeout")
+                else:
+                    results[i] = self._task_result(tasks[i], by_index.get(i), resolution)
         return [r if r is not None else _skipped(version, "lost") for r in results]
+
+    def _late(self) -> str:
+        return f"not done within PREDICT_TIMEOUT={self.settings.predict_timeout:g} s"
+
+    def _unfinished(self, task: Mapping[str, Any], version: str, reason: str, kind: str) -> dict[str, Any]:
+        log.warning("task %s: no prediction (will be retried by Label Studio later): %s", task.get("id"), reason)
+        self.metrics.tasks.labels("unfinished").inc()
+        self.metrics.failures.labels(kind).inc()
+        return _skipped(version, reason)
 
     def _task_result(
         self, task: Mapping[str, Any], output: Mapping[str, Any] | None, resolution: Resolution

@@ -58,6 +58,7 @@ def test_empty_values_keep_defaults():
         ({"TAGCLIP_PRECISION": "int8"}, "TAGCLIP_PRECISION"),
         ({"TAGCLIP_MASK_MODE": "grabcut"}, "TAGCLIP_MASK_MODE"),
         ({"TAGCLIP_MIN_REGION_AREA": "-1"}, "TAGCLIP_MIN_REGION_AREA"),
+        ({"SERVER_THREADS": "4"}, "SERVER_THREADS must be more than the 4"),
     ],
 )
 def test_bad_values_raise_settings_error(env, message):
