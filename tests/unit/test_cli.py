@@ -291,7 +291,7 @@ def test_tag_command_writes_jsonl_to_stdout(
 
 # ---- eval ------------------------------------------------------------------------------------------------------
 
-# The 3 x 3 case worked by hand in tests/unit/test_metrics.py: AP (5/6, 1, none), mAP 11/12 skipping the
+# The 3 x 3 case worked by hand in tests/unit/test_core_metrics.py: AP (5/6, 1, none), mAP 11/12 skipping the
 # label without positives, 11/18 as the reference averages; overall P 3/5, R 3/4, F1 2/3 at relative 0.5.
 SCORES = {
     "imgs/a.png": {"cat": 0.9, "dog": 0.2, "bird": 0.1},

@@ -8,7 +8,7 @@ Tolerances (tests/fixtures/parity.py, tests/fixtures/noise.py) follow from the n
 rerun with every weight perturbed by the backward error of one float32 reduction order (sqrt(n) * 2**-24) and
 an image's scores may differ by 4x their largest move (about 1e-6 here). A tag or a CWR candidate is compared
 where the golden score is farther than twice that from its threshold, and must then be the same. Every check
-runs with 1 and with 2 torch threads; tests/unit/test_parity_bites.py shows the same checks fail on deliberate
+runs with 1 and with 2 torch threads; tests/unit/test_core_parity_bites.py shows the same checks fail on deliberate
 mistakes.
 """
 

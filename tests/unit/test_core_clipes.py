@@ -14,7 +14,7 @@ gets its refined map's tolerance times 4 / (max - min + eps), plus a float16 ste
 are compared only where their margin (to the box threshold, top-1 minus top-2) exceeds twice the tolerance,
 and must then agree exactly. So the nearly constant maps of the plain golden get tolerances above 1 after their
 min-max (nothing there to compare), the sharp golden's well-conditioned maps get ~1e-3. Every check runs with
-1 and with 2 torch threads; tests/unit/test_parity_bites.py shows the same checks fail on deliberate mistakes.
+1 and with 2 torch threads; tests/unit/test_core_parity_bites.py shows the same checks fail on deliberate mistakes.
 """
 
 from __future__ import annotations
