@@ -2,6 +2,7 @@
 
 <queue>                                   RQ queue of interactive /predict jobs
 <queue>-bulk                              RQ queue of bulk pre-annotation chunks (taken after /predict jobs)
+tagclip-bulk-<job>-<random>                the RQ job id of a bulk chunk (bulk_chunk_id)
 tagclip:<queue>:project:<project>         what /setup said about a project (backend.web.projects)
 tagclip:<queue>:workers                   sorted set: live worker -> expiry (backend.presence)
 tagclip:<queue>:worker:<name>             a live worker's info
@@ -16,6 +17,7 @@ tagclip:<queue>:bulk:costs:<studio>:<project>   write-back method costs (backend
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 from .labelstudio.auth import origin_id
@@ -76,6 +78,11 @@ class RedisKeys:
         if part and part not in BULK_JOB_PARTS:
             raise ValueError(f"unknown bulk job part {part!r}; one of {BULK_JOB_PARTS}")
         return f"{self.prefix}:bulk:job:{job}" + (f":{part}" if part else "")
+
+    @staticmethod
+    def bulk_chunk_id(job: str) -> str:
+        """A new RQ job id for a chunk of bulk job `job` (the prefix names the job, so its chunks can be found)."""
+        return f"tagclip-bulk-{job}-{uuid.uuid4().hex[:10]}"
 
     def bulk_job_keys(self, job: str) -> list[str]:
         """Every key of one bulk job's state."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -327,7 +326,7 @@ class BulkPlanner:
         request = prepared.request
         out = {}
         for start in range(0, len(refs), request.chunk_size):
-            rq_id = f"tagclip-bulk-{job}-{uuid.uuid4().hex[:10]}"
+            rq_id = self.keys.bulk_chunk_id(job)
             out[rq_id] = BulkChunk(
                 job=job,
                 queue=self.settings.queue_name,
