@@ -11,6 +11,11 @@ tagclip:<queue>:bulk:active:<project>:<version>   the bulk job taking on tasks f
 tagclip:<queue>:bulk:latest:<project>:<version>   the newest bulk job of a project and version
 tagclip:<queue>:bulk:ledger:<project>:<version>   per-task write claims (backend.bulk.ledger)
 tagclip:<queue>:bulk:costs:<project>      write-back method costs (backend.bulk.method)
+<queue>-learn                             RQ queue of the memory's learning jobs (after /predict, before bulk)
+tagclip:<queue>:memory:<project>:<part>   a project's memory of reviewed examples (backend.memory.redis_store;
+                                          parts in MEMORY_PARTS)
+tagclip:<queue>:image:<model>:<sha256>    an image's CLIP embedding and TagCLIP scores, cached (backend.memory.cache)
+tagclip:<queue>:learn:waiting:<key>       the learning job last submitted under a dedupe key (backend.web.dispatch)
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from dataclasses import dataclass
 
 # The parts of a bulk job's state besides its main hash (backend.bulk.state says what each holds).
 BULK_JOB_PARTS = ("tasks", "done", "recovered", "failed", "chunks", "progress", "cancelled")
+# The parts of a project's memory (backend.memory.redis_store says what each holds).
+MEMORY_PARTS = ("state", "examples", "vectors", "order", "annotations", "calibrations", "cut")
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,10 @@ class RedisKeys:
     @property
     def bulk_queue(self) -> str:
         return f"{self.queue}-bulk"
+
+    @property
+    def learn_queue(self) -> str:
+        return f"{self.queue}-learn"
 
     # --- the web process ---
     def project(self, project: str) -> str:
@@ -78,3 +89,20 @@ class RedisKeys:
 
     def write_costs(self, project: int) -> str:
         return f"{self.prefix}:bulk:costs:{project}"
+
+    # --- the memory of reviewed examples ---
+    def memory(self, project: int, part: str) -> str:
+        if part not in MEMORY_PARTS:
+            raise ValueError(f"unknown memory part {part!r}; one of {MEMORY_PARTS}")
+        return f"{self.prefix}:memory:{int(project)}:{part}"
+
+    def memory_keys(self, project: int) -> list[str]:
+        """Every key of one project's memory."""
+        return [self.memory(project, part) for part in MEMORY_PARTS]
+
+    def learn_waiting(self, dedupe: str) -> str:
+        """The id of the learning job last submitted under a dedupe key (backend.web.dispatch)."""
+        return f"{self.prefix}:learn:waiting:{dedupe}"
+
+    def image_cache(self, model: str, image: str) -> str:
+        return f"{self.prefix}:image:{model}:{image}"

@@ -14,17 +14,20 @@ from werkzeug.exceptions import HTTPException
 
 from ..errors import BadRequestError, HTTPError, UnauthorizedError
 from ..keys import RedisKeys
+from ..memory.store import open_store
 from ..resolve import Resolver
 from ..settings import Settings
 from . import bulk_routes
 from .dispatch import Dispatcher, RedisDispatcher, make_dispatcher
+from .learning import LearningIntake
 from .projects import ProjectStore
 from .prometheus import Metrics
 from .service import PredictionService
 
 log = logging.getLogger(__name__)
 
-# Routes that answer without basic auth: /health reveals only readiness, /webhook does nothing but log.
+# Routes that answer without basic auth: /health reveals only readiness; /webhook only makes the backend read tasks
+# back from Label Studio (Label Studio's webhooks carry no auth headers).
 PUBLIC_ENDPOINTS = frozenset({"health", "webhook", "index", "static"})
 # Label Studio sends every selected task in one request (35 KB for 69 tasks, measured).
 MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -36,6 +39,7 @@ class BackendState:
     dispatcher: Dispatcher
     service: PredictionService
     metrics: Metrics
+    learning: LearningIntake
 
 
 def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None = None) -> Flask:
@@ -46,9 +50,12 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     metrics = Metrics(dispatcher.queue_depth, dispatcher.worker_count)
     redis = dispatcher.redis if isinstance(dispatcher, RedisDispatcher) else None
     projects = ProjectStore(redis, RedisKeys(settings.queue_name))
-    resolver = Resolver(settings)
+    # A learning project's model_version names its memory's generation (backend.memory); read, never computed here.
+    resolver = Resolver(settings, generations=open_store(settings, redis).generation)
     service = PredictionService(settings, dispatcher, projects, metrics, resolver)
-    state = BackendState(settings, dispatcher, service, metrics)
+    state = BackendState(
+        settings, dispatcher, service, metrics, LearningIntake(settings, projects, resolver, dispatcher)
+    )
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
@@ -144,9 +151,10 @@ def _webhook() -> tuple[Response, int]:
     try:
         body = request.get_json(silent=True, force=True)
         action = body.get("action") if isinstance(body, dict) else None
-        log.info("webhook: action=%s (%d bytes)", action, request.content_length or 0)
-    except Exception as e:  # a webhook never fails
-        log.info("webhook: unreadable body: %s", e)
+        outcome = _state().learning.handle(body)
+        log.info("webhook: action=%s (%d bytes): %s", action, request.content_length or 0, outcome)
+    except Exception as e:  # a webhook never fails (Label Studio only logs it); the memory catches up on a sync
+        log.warning("webhook: not handled: %s: %s", type(e).__name__, e)
     return jsonify({}), 200
 
 
