@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 # Reviewed tasks whose images are fetched and predicted together.
 LEARN_BATCH = 16
+# Up to this many tasks, their stored examples are read one by one; beyond, all at once.
+FEW_TASKS = 64
 
 
 @dataclass
@@ -122,7 +124,7 @@ class Learner:
         self.resolution = resolution
         self.project = project
         self.source = source
-        self.client = client or LabelStudioClient(source)
+        self.client = client
         self.controls: tuple[ControlPlan, ...] = learning_controls(resolution.plan)
         self.fingerprints = {
             c.name: plan_fingerprint(resolution.model_key, resolution.options.background, c) for c in self.controls
@@ -137,22 +139,36 @@ class Learner:
 
     # --- the two jobs ---
     def refresh(self, task_ids: Sequence[int]) -> LearnOutcome:
-        started = time.monotonic()
-        outcome = LearnOutcome(self.project)
-        found = {int(t["id"]): t for t in self.client.annotated_tasks(self.project, list(task_ids))}
-        current = {t: e for t in task_ids if (e := self.store.example(self.project, t)) is not None}
-        tasks = [found[t] for t in task_ids if t in found]
-        self._apply(tasks, [t for t in task_ids if t not in found], current, outcome)
-        return self._finish(outcome, force_cut=False, started=started)
+        """Look at these tasks again, as Label Studio holds them now."""
+        found = {int(t["id"]): t for t in self._client().annotated_tasks(self.project, list(task_ids))}
+        return self.learn([found[t] for t in task_ids if t in found], [t for t in task_ids if t not in found])
 
     def sync(self, rebuild: bool) -> LearnOutcome:
+        """Every annotated task of the project; examples of tasks no longer annotated go."""
+        annotated = self._client().annotated_tasks(self.project)
+        present = {int(t["id"]) for t in annotated}
+        stale = [e.task for e in self.store.examples(self.project) if e.task not in present]
+        return self.learn(annotated, stale, force_cut=rebuild)
+
+    def learn(
+        self, tasks: Sequence[Mapping[str, Any]], gone: Sequence[int] = (), force_cut: bool = False
+    ) -> LearnOutcome:
+        """Learn `tasks` (Label Studio tasks with their annotations), forget `gone`, then cut a generation if due
+        (with `force_cut`, whenever anything changed)."""
         started = time.monotonic()
         outcome = LearnOutcome(self.project)
-        annotated = self.client.annotated_tasks(self.project)
-        present = {int(t["id"]) for t in annotated}
-        current = {e.task: e for e in self.store.examples(self.project)}
-        self._apply(annotated, [t for t in current if t not in present], current, outcome)
-        return self._finish(outcome, force_cut=rebuild, started=started)
+        if len(tasks) > FEW_TASKS:
+            current = {e.task: e for e in self.store.examples(self.project)}
+        else:
+            ids = [int(t["id"]) for t in tasks]
+            current = {t: e for t in ids if (e := self.store.example(self.project, t)) is not None}
+        self._apply(tasks, gone, current, outcome)
+        return self._finish(outcome, force_cut, started)
+
+    def _client(self) -> LabelStudioClient:
+        if self.client is None:
+            self.client = LabelStudioClient(self.source)
+        return self.client
 
     # --- steps ---
     def _apply(

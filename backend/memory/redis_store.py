@@ -119,7 +119,7 @@ class RedisMemoryStore(MemoryStore):
             self._key(project, "annotations"),
             self._key(project, "state"),
         )
-        names = [str(t) for t in tasks]
+        names = [str(t) for t in dict.fromkeys(int(x) for x in tasks)]
         with self.redis.pipeline() as pipe:
             while True:
                 try:
