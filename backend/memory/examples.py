@@ -139,9 +139,16 @@ def reviewed_labels(result: Iterable[Mapping[str, Any]], controls: Sequence[Cont
     return {c.name: tuple(label for label in c.labels if label in tags[c.name]) for c in controls}
 
 
-def memory_arrays(examples: Sequence[Example], control: str, fingerprint: str, labels: Sequence[str]) -> Memory:
-    """The arrays of one control's memory: the examples whose part for `control` has `fingerprint`, in order."""
-    rows = [e for e in examples if (r := e.controls.get(control)) is not None and r.fingerprint == fingerprint]
+def memory_arrays(examples: Sequence[Example], control: str, fingerprint: str | None, labels: Sequence[str]) -> Memory:
+    """The arrays of one control's memory: the examples whose part for `control` has `fingerprint` (None: whose
+    labels are `labels`, whatever the weights and prompts were), in order."""
+    labels = tuple(labels)
+    rows = [
+        e
+        for e in examples
+        if (r := e.controls.get(control)) is not None
+        and (r.fingerprint == fingerprint if fingerprint is not None else r.labels == labels)
+    ]
     dims = len(rows[0].embedding) if rows else 0
     embeddings = np.zeros((len(rows), dims), dtype=np.float32)
     truth = np.zeros((len(rows), len(labels)), dtype=bool)
