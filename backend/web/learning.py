@@ -19,7 +19,7 @@ from ..contracts.learn import (
     refresh_payload,
     sync_payload,
 )
-from ..errors import BadRequestError
+from ..errors import HTTPError
 from ..labelstudio.auth import Source
 from ..memory.events import EventKind, parse_event
 from ..resolve import Resolver
@@ -43,12 +43,17 @@ class LearningIntake:
         context = self.projects.get(event.project_uid) if event.project_uid else None
         if context is None:
             return f"project {event.project}: no /setup seen for it yet; skipped"
+        config = event.label_config or context.schema
+        if not config:
+            return f"project {event.project}: no label config known; skipped"
         try:
-            learn = self.resolver.options(context.extra_params).learn
-        except BadRequestError as e:
+            resolution = self.resolver.resolve(config, context.extra_params, event.project)
+        except HTTPError as e:
             return f"project {event.project}: {e}; skipped"
-        if not learn:
+        if not resolution.options.learn:
             return f"project {event.project}: learning is off"
+        if resolution.learning is None:
+            return f"project {event.project}: nothing to learn in its label config (Choices or Taxonomy on an Image)"
         source = Source(
             url=self.settings.label_studio_url or context.hostname,
             api_key=self.settings.label_studio_api_key or context.access_token,
@@ -57,9 +62,6 @@ class LearningIntake:
             payload = sync_payload(SyncRequest(event.project, source))
             job = self.dispatcher.submit(SYNC_FUNCTION, payload, dedupe=f"sync-{event.project}")
             return f"project {event.project}: sync {'job ' + job if job else 'already waiting'}"
-        config = event.label_config or context.schema
-        if not config:
-            return f"project {event.project}: no label config known; skipped"
         request = RefreshRequest(event.project, config, context.extra_params, source, event.tasks, event.annotations)
         job = self.dispatcher.submit(REFRESH_FUNCTION, refresh_payload(request))
         what = f"{len(event.tasks)} task(s), {len(event.annotations)} deleted annotation(s)"

@@ -242,3 +242,32 @@ def test_learning_needs_setup_and_a_learning_project(label_studio, learning_stac
     assert requests.post(learning_stack.url + "/webhook", data=b"{not json", timeout=5).status_code == 200
     lines = webhook_lines(learning_stack)
     assert any("project 999999: no /setup seen for it yet" in line for line in lines)
+
+
+def test_embedded_mode_learns_on_the_engine_threads(label_studio, engine_env, artifacts, tmp_path):
+    """Without REDIS_URL the backend's own engine threads run the learning jobs, into SQLite under the cache dir."""
+    from backend.memory.sqlite_store import SqliteMemoryStore
+
+    from .stack import start_backend
+
+    cache = tmp_path / "embedded-cache"
+    env = {**engine_env, "TAGCLIP_CACHE_DIR": str(cache), "TAGCLIP_MEMORY_GENERATION_EVERY": "2"}
+    backend, url = start_backend(env, artifacts, name="backend-embedded-learning")
+    try:
+        wait_until(lambda: requests.get(url + "/health", timeout=2).json()["ready"], 120, what="embedded model loaded")
+        project = label_studio.create_project("TagCLIP embedded learning", CONFIG)
+        files = image_files()[:2]
+        ids = label_studio.upload_images(project, files)
+        label_studio.connect_backend(project, url, extra_params={"learn": True})
+        for task in ids:
+            annotate(label_studio, task, ["Cat"])
+        store = SqliteMemoryStore(cache / "memory.sqlite3")
+        state = wait_until(
+            lambda: (lambda s: s if s.examples == 2 and s.generation == 1 else None)(store.state(project)),
+            120,
+            what="2 examples and generation 1 in the embedded memory",
+        )
+        assert state.pending == 0
+        store.close()
+    finally:
+        backend.stop()
