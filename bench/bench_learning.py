@@ -27,6 +27,7 @@ import io
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,7 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from shapes import LABELS, Sample, dataset  # noqa: E402
 
+from backend.memory.examples import ControlReview, Example, memory_arrays  # noqa: E402
 from backend.memory.scoring import Memory, ScoringConfig, adapt, calibrate, tagclip_tags  # noqa: E402
+from backend.memory.sqlite_store import SqliteMemoryStore  # noqa: E402
 from tagclip_core import ModelSpec, TagCLIP  # noqa: E402
 from tagclip_core.metrics import f1_at_relative_threshold, mean_average_precision  # noqa: E402
 from tagclip_core.preprocess import model_input_size, to_pixels  # noqa: E402
@@ -135,7 +138,9 @@ def vote_cost(dims: int, labels: int, examples: int = 10_000, repeats: int = 200
         started = time.perf_counter()
         adapt(calibration, memory, batch, np.repeat(scores, 8, 0), np.repeat(tags, 8, 0), [None] * 8)
         batch_times.append(time.perf_counter() - started)
+    load = memory_load_cost(embeddings, truth)
     return {
+        **load,
         "examples": examples,
         "vote_one_task_ms": round(1000 * statistics.median(times), 3),
         "vote_chunk_of_8_ms": round(1000 * statistics.median(batch_times), 3),
@@ -164,6 +169,30 @@ def embedding_step_ms(engine: TagCLIP, image, repeats: int = 50) -> float:
         project_tokens(clip.visual, cls[:, 0])
         times.append(time.perf_counter() - started)
     return 1000 * statistics.median(times)
+
+
+def memory_load_cost(embeddings: np.ndarray, truth: np.ndarray) -> dict:
+    """Seconds to write the examples one by one into an embedded-mode store, and to read them back into the arrays
+    the vote uses (what a process does once after each change to a project's memory)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SqliteMemoryStore(Path(tmp) / "memory.sqlite3")
+        started = time.perf_counter()
+        for task, (vector, labels) in enumerate(zip(embeddings, truth, strict=True), start=1):
+            positive = tuple(label for label, keep in zip(LABELS, labels, strict=False) if keep)
+            review = ControlReview("fp", LABELS[: len(labels)], positive, tuple([0.5] * len(labels)))
+            store.put(1, Example(task, task, "t", f"{task:064x}", vector.astype(np.float16), {"tags": review}), 10**6)
+        put_s = time.perf_counter() - started
+        started = time.perf_counter()
+        examples = store.examples(1)
+        memory_arrays(examples, "tags", "fp", LABELS[: truth.shape[1]])
+        load_s = time.perf_counter() - started
+        size = (Path(tmp) / "memory.sqlite3").stat().st_size + (Path(tmp) / "memory.sqlite3-wal").stat().st_size
+        store.close()
+    return {
+        "sqlite_put_ms_each": round(1000 * put_s / len(embeddings), 3),
+        "load_s": round(load_s, 3),
+        "sqlite_bytes": size,
+    }
 
 
 def prediction_overhead(engine: TagCLIP, images: list, rounds: int = 3) -> dict:

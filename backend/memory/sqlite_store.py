@@ -48,6 +48,9 @@ class SqliteMemoryStore(MemoryStore):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, check_same_thread=False, isolation_level=None)
             connection.execute("PRAGMA journal_mode=WAL")
+            # WAL with NORMAL sync: a crash cannot corrupt the file, a power loss may drop the newest examples
+            # (a sync or `tagclip learn` puts them back).
+            connection.execute("PRAGMA synchronous=NORMAL")
             connection.executescript(SCHEMA)
             self._connection = connection
         return self._connection
