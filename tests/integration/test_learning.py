@@ -160,7 +160,7 @@ def test_reviews_reach_the_memory_and_move_a_near_duplicate_then_deleting_them_u
     lines = webhook_lines(stack)
     assert any("action=ANNOTATION_CREATED" in line and f"project {project}: refresh" in line for line in lines)
     assert any("action=START_TRAINING" in line and f"project {project}: sync" in line for line in lines)
-    assert any(f"project {plain['id']}" in line for line in lines) is False  # nothing was annotated there
+    assert not any(f"project {plain['id']}" in line for line in lines)  # nothing was annotated there
     example = memory.example(project, tasks["a.png"])
     assert example.annotation == annotations[0] and list(example.controls["tags"].positive) == a_labels
 
@@ -269,5 +269,16 @@ def test_embedded_mode_learns_on_the_engine_threads(label_studio, engine_env, ar
         )
         assert state.pending == 0
         store.close()
+        # `tagclip learn` in embedded mode runs the engine in its own process, on the same SQLite memory.
+        learn = subprocess.run(
+            [sys.executable, "-m", "tagclip_cli.main", "learn", "--project", str(project), "--json"],
+            env=cli_env(env, label_studio),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        assert learn.returncode == 0, learn.stderr
+        summary = json.loads(learn.stdout)
+        assert summary["examples"] == 2 and summary["unchanged"] == 2 and not summary["cut"]
     finally:
         backend.stop()
