@@ -118,6 +118,14 @@ class LabelStudioAPIError(HTTPError):
         self.ls_status = ls_status
 
 
+class MemoryUnavailableError(ServiceUnavailableError):
+    """A learning project's memory cannot be read (its store is unreachable), so its model_version is unknown."""
+
+
+class LearningError(BackendError):
+    """A learning job cannot run: a malformed payload, or a project whose memory cannot be built."""
+
+
 class QueueRequiredError(ServiceUnavailableError):
     """Bulk pre-annotation needs Redis (REDIS_URL): its state and chunks live there."""
 

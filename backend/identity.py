@@ -3,7 +3,8 @@
 
 The same settings and label config give the same version across restarts and machines; a change of
 weights, precision, background words, prompts, labels, thresholds or mask settings (mode, minimum region
-size, masks on/off: all in the plan's fingerprint) gives a new one, so Label Studio predicts again.
+size, masks on/off: all in the plan's fingerprint), or a new generation of a learning project's memory,
+gives a new one, so Label Studio predicts again.
 Workers compute the same `model_key` from their own settings and refuse jobs meant for other weights, so
 a stored model_version never lies.
 """
@@ -26,6 +27,9 @@ PREDICTION_FORMAT = 1
 # Bump when the masks of the same image and settings change (mask engine defaults, region converters); it
 # enters only the versions of plans with region controls, so tag-only projects keep theirs.
 MASK_FORMAT = 1
+# Bump when the memory of reviewed examples changes what it does to the same scores; it enters only the
+# versions of projects that learn (extra_params.learn), with the memory's generation.
+MEMORY_FORMAT = 1
 
 
 def checkpoint_fingerprint(path: str, cache_dir: str | None = None) -> str:
@@ -58,10 +62,15 @@ def normalize_background(spec: Any) -> str:
     return ",".join(w.strip() for w in text.split(",") if w.strip())
 
 
-def model_version(key: str, model_name: str, plan: PredictionPlan, background: str) -> str:
-    """`tagclip-<model>-<12 hex>` from the model key, the plan and the background words."""
+def model_version(
+    key: str, model_name: str, plan: PredictionPlan, background: str, memory_generation: int | None = None
+) -> str:
+    """`tagclip-<model>-<12 hex>` from the model key, the plan and the background words; with a project's memory
+    of reviewed examples (backend.memory), also its generation. Without one the version is what it always was."""
     parts: list[Any] = [PREDICTION_FORMAT, key, background, plan.fingerprint()]
     if plan.has_masks:
         parts.append(["masks", MASK_FORMAT])
+    if memory_generation is not None:
+        parts.append(["memory", MEMORY_FORMAT, memory_generation])
     material = json.dumps(parts, sort_keys=True)
     return f"tagclip-{model_name}-{hashlib.sha256(material.encode()).hexdigest()[:12]}"

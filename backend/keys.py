@@ -13,6 +13,11 @@ tagclip:<queue>:bulk:latest:<studio>:<project>:<version>   the newest bulk job o
 tagclip:<queue>:bulk:ledger:<studio>:<project>:<version>   per-task write claims (backend.bulk.ledger)
 <studio> names the Label Studio (a hash of its URL's origin): two Label Studios' project 1 never share state.
 tagclip:<queue>:bulk:costs:<studio>:<project>   write-back method costs (backend.bulk.method)
+<queue>-learn                             RQ queue of the memory's learning jobs (after /predict, before bulk)
+tagclip:<queue>:memory:<project>:<part>   a project's memory of reviewed examples (backend.memory.redis_store;
+                                          parts in MEMORY_PARTS)
+tagclip:<queue>:image:<model>:<sha256>    an image's CLIP embedding and TagCLIP scores, cached (backend.memory.cache)
+tagclip:<queue>:learn:waiting:<key>       the learning job last submitted under a dedupe key (backend.web.dispatch)
 """
 
 from __future__ import annotations
@@ -41,6 +46,10 @@ class ProjectRef:
         return f"{self.studio}:{self.project}"
 
 
+# The parts of a project's memory (backend.memory.redis_store says what each holds).
+MEMORY_PARTS = ("state", "examples", "vectors", "order", "annotations", "calibrations", "cut")
+
+
 @dataclass(frozen=True)
 class RedisKeys:
     """The key names of one queue's state."""
@@ -60,6 +69,10 @@ class RedisKeys:
     @property
     def bulk_queue(self) -> str:
         return f"{self.queue}-bulk"
+
+    @property
+    def learn_queue(self) -> str:
+        return f"{self.queue}-learn"
 
     # --- the web process ---
     def project(self, project: str) -> str:
@@ -103,3 +116,20 @@ class RedisKeys:
 
     def write_costs(self, project: ProjectRef) -> str:
         return f"{self.prefix}:bulk:costs:{project}"
+
+    # --- the memory of reviewed examples ---
+    def memory(self, project: int, part: str) -> str:
+        if part not in MEMORY_PARTS:
+            raise ValueError(f"unknown memory part {part!r}; one of {MEMORY_PARTS}")
+        return f"{self.prefix}:memory:{int(project)}:{part}"
+
+    def memory_keys(self, project: int) -> list[str]:
+        """Every key of one project's memory."""
+        return [self.memory(project, part) for part in MEMORY_PARTS]
+
+    def learn_waiting(self, dedupe: str) -> str:
+        """The id of the learning job last submitted under a dedupe key (backend.web.dispatch)."""
+        return f"{self.prefix}:learn:waiting:{dedupe}"
+
+    def image_cache(self, model: str, image: str) -> str:
+        return f"{self.prefix}:image:{model}:{image}"

@@ -114,6 +114,14 @@ class Settings:
     server_workers: int = 1
     log_level: str = "INFO"
 
+    # --- memory of reviewed examples (projects with extra_params.learn; docs/learning.md) ---
+    # Most reviewed examples a project's memory keeps; the oldest go first.
+    memory_max_examples: int = 5000
+    # A new memory generation, so a new model_version, every this many changes to a project's memory.
+    memory_generation_every: int = 20
+    # Reviewed positives a label needs before the memory calibrates a threshold of its own.
+    memory_min_support: int = 3
+
     def __post_init__(self) -> None:
         if (self.basic_auth_user is None) != (self.basic_auth_pass is None):
             raise SettingsError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
@@ -139,6 +147,9 @@ class Settings:
             "server_workers",
             "embedded_threads",
             "port",
+            "memory_max_examples",
+            "memory_generation_every",
+            "memory_min_support",
         ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name.upper()} must be positive, got {getattr(self, name)}")
@@ -255,4 +266,7 @@ ENV_VARS: dict[str, str] = {
     "server_threads": "SERVER_THREADS",
     "server_workers": "SERVER_WORKERS",
     "log_level": "LOG_LEVEL",
+    "memory_max_examples": "TAGCLIP_MEMORY_MAX_EXAMPLES",
+    "memory_generation_every": "TAGCLIP_MEMORY_GENERATION_EVERY",
+    "memory_min_support": "TAGCLIP_MEMORY_MIN_SUPPORT",
 }

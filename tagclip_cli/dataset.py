@@ -37,15 +37,15 @@ from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
+# Annotations are read as the memory of reviewed examples reads them (re-exported for old imports).
+from backend.annotations import latest_annotation, region_labels, tags_of
 from backend.converters import ControlPlan
-from backend.converters.taxonomy import PATH_SEPARATOR
 from backend.labelconfig import ParsedConfig, parse_label_config
 from tagclip_core.geometry import rle_encode
 
 log = logging.getLogger(__name__)
 
 WHOLE_IMAGE_TAGS = ("Choices", "Taxonomy")
-WHOLE_IMAGE = ("choices", "taxonomy")
 REGION_TYPES = ("brushlabels", "rectanglelabels", "polygonlabels")
 _PERCENT = 100.0
 # What reading a malformed region raises (missing keys, wrong types, bad numbers, a short RLE bit stream).
@@ -71,34 +71,6 @@ def read_config(label_config: str) -> ParsedConfig:
 
 def whole_image_controls(config: ParsedConfig) -> tuple[ControlPlan, ...]:
     return tuple(c for c in config.controls if c.tag in WHOLE_IMAGE_TAGS)
-
-
-# --- annotations ---
-def latest_annotation(task: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The newest submitted, not cancelled annotation of a task (None if it has none)."""
-    annotations = [a for a in task.get("annotations") or [] if isinstance(a, Mapping) and not a.get("was_cancelled")]
-    if not annotations:
-        return None
-    return max(annotations, key=lambda a: (str(a.get("updated_at") or a.get("created_at") or ""), a.get("id") or 0))
-
-
-def region_labels(region: Mapping[str, Any]) -> list[str]:
-    """The labels a result region holds (taxonomy paths joined)."""
-    value = region.get("value") or {}
-    kind = str(region.get("type") or "")
-    if kind == "taxonomy":
-        return [PATH_SEPARATOR.join(str(p) for p in path) for path in value.get("taxonomy") or []]
-    return [str(x) for x in value.get(kind) or []]
-
-
-def tags_of(result: Iterable[Mapping[str, Any]], controls: Sequence[ControlPlan]) -> dict[str, list[str]]:
-    """Whole-image labels per control from a result list (controls without any get an empty list)."""
-    tags: dict[str, list[str]] = {c.name: [] for c in controls}
-    for region in result:
-        name = region.get("from_name")
-        if name in tags and region.get("type") in WHOLE_IMAGE:
-            tags[name] += [label for label in region_labels(region) if label not in tags[name]]
-    return tags
 
 
 # --- masks ---

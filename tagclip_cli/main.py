@@ -59,6 +59,9 @@ COMMANDS: tuple[Command, ...] = (
     Command("preannotate", "tagclip_cli.preannotate", "pre-annotate a whole Label Studio project with the workers"),
     Command("export", "tagclip_cli.export", "a project's reviewed annotations as a dataset: images, splits, formats"),
     Command("report", "tagclip_cli.report", "model predictions vs reviewed annotations: P/R/F1/AP, thresholds"),
+    Command(
+        "learn", "tagclip_cli.learn", "build or update a project's memory of reviewed examples (extra_params.learn)"
+    ),
 )
 
 

@@ -4,6 +4,11 @@ to put each control's suggested `model_score_threshold` into the project's label
 
 The predictions compared are those of `--model-version`, else of the version found on most reviewed
 tasks. Reads one export snapshot with full predictions; needs no model, no Redis, no torch.
+
+When the project has a memory of reviewed examples (docs/learning.md; Redis with REDIS_URL or --redis-url, else
+the SQLite file under TAGCLIP_CACHE_DIR), the report adds TagCLIP alone against TagCLIP with the memory, per
+label, by k-fold cross-validation on the reviewed examples (memory_review.py), so a team can tell whether
+learning helps their project.
 Writing thresholds changes the label config and so the model_version: the next `tagclip preannotate`
 predicts every task again with the thresholds.
 """
@@ -15,8 +20,10 @@ import dataclasses
 import json
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
+from typing import Any
 
 from .errors import UsageError
+from .memory_review import MemoryReport, format_memory_report, memory_report
 from .review import Report, build_report, floor_threshold
 from .studio import add_studio_arguments, project_snapshot
 
@@ -34,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"set each control's {THRESHOLD_ATTR} in the label config to the suggested value",
     )
     parser.add_argument("--force", action="store_true", help="also write thresholds that do not beat the F1 now")
+    parser.add_argument("--redis-url", help="the workers' Redis (REDIS_URL), where a learning project's memory is")
+    parser.add_argument("--folds", type=int, default=5, help="cross-validation folds of the memory section (default 5)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,10 +56,16 @@ def run(args: argparse.Namespace) -> int:
     label_config = project["label_config"]
     report = build_report(tasks, read_config(label_config), args.model_version)
     print(format_report(report))
+    memory = memory_section(args, client, label_config)
+    if memory is not None:
+        print("\n" + format_memory_report(memory))
     if args.json:
-        write_text(json.dumps({"project": args.project, **dataclasses.asdict(report)}, indent=2) + "\n", args.json)
+        extra = {"memory": dataclasses.asdict(memory) if memory is not None else None}
+        write_text(
+            json.dumps({"project": args.project, **dataclasses.asdict(report), **extra}, indent=2) + "\n", args.json
+        )
     if args.html:
-        write_text(render(report, args.project), args.html)
+        write_text(render(report, args.project, memory), args.html)
     if args.write_thresholds:
         thresholds = improving_thresholds(report, args.force)
         if not thresholds:
@@ -63,6 +78,39 @@ def run(args: argparse.Namespace) -> int:
         written = ", ".join(f"{name}={value:g}" for name, value in thresholds.items())
         print(f"wrote {THRESHOLD_ATTR} into the label config: {written} (this changes the model_version)")
     return 0
+
+
+def memory_section(args: argparse.Namespace, client: Any, label_config: str) -> MemoryReport | None:
+    """The memory section, or None when the project has no memory here (or fewer than 2 examples)."""
+    from backend.bulk.planner import project_extra_params
+    from backend.errors import BackendError
+    from backend.memory.examples import learning_controls
+    from backend.memory.scoring import ScoringConfig
+    from backend.memory.store import SQLITE_FILE, cache_root, open_store
+    from backend.resolve import Resolver
+    from backend.settings import Settings
+
+    settings = Settings.from_env()
+    if args.redis_url:
+        settings = dataclasses.replace(settings, redis_url=args.redis_url)
+    if not settings.redis_url and not (cache_root(settings) / SQLITE_FILE).exists():
+        return None
+    try:
+        extra = project_extra_params(client.ml_backends(args.project))
+        controls = learning_controls(Resolver(settings).resolve(label_config, extra).plan)
+        store = open_store(settings)
+        try:
+            examples = store.examples(args.project)
+            generation = store.generation(args.project)
+        finally:
+            store.close()
+    except (BackendError, OSError) as e:
+        raise UsageError(f"the project's memory cannot be read: {e}") from e
+    if len(examples) < 2 or not controls:
+        return None
+    return memory_report(
+        examples, controls, generation, args.folds, ScoringConfig(min_support=settings.memory_min_support)
+    )
 
 
 def improving_thresholds(report: Report, force: bool = False) -> dict[str, float]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from html import escape
 
+from .memory_review import MemoryReport
 from .review import ControlReport, Report
 
 METRICS = (("precision", "#4e79a7"), ("recall", "#f28e2b"), ("f1", "#59a14f"), ("ap", "#b07aa1"))
@@ -25,7 +26,7 @@ def fmt_t(value: float | None) -> str:
     return "–" if value is None else f"{value:.4g}"
 
 
-def render(report: Report, project: int) -> str:
+def render(report: Report, project: int, memory: MemoryReport | None = None) -> str:
     rate = fmt(report.acceptance_rate * 100, 1) + " %" if report.acceptance_rate is not None else "–"
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
@@ -41,6 +42,8 @@ def render(report: Report, project: int) -> str:
     ]
     for control in report.controls:
         parts += [_control_table(control), _chart(control)]
+    if memory is not None:
+        parts.append(_memory_tables(memory))
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -62,6 +65,33 @@ def _control_table(control: ControlReport) -> str:
         f"<h2>{escape(control.tag)} <code>{escape(control.name)}</code> ({kind})</h2><p>{escape(summary)}</p>"
         f"<table><tr>{head}</tr>{''.join(rows)}</table>"
     )
+
+
+def _memory_tables(memory: MemoryReport) -> str:
+    out = [
+        f"<h2>Memory of reviewed examples</h2><p>{memory.examples} example(s), generation {memory.generation}: "
+        "TagCLIP alone vs with the memory, by cross-validation on the reviewed examples.</p>"
+    ]
+    head = "<th>label</th><th>support</th>" + "".join(
+        f"<th>{m} alone</th><th>{m} memory</th>" for m in ("P", "R", "F1", "AP")
+    )
+    for control in memory.controls:
+        rows = [(x.label, x.support, x.alone, x.memory) for x in control.labels]
+        rows.append(("micro / mAP", "", control.alone, control.memory))
+        body = "".join(
+            f"<tr><td>{escape(str(name))}</td><td>{support}</td>"
+            + "".join(
+                f"<td>{fmt(getattr(a, k))}</td><td>{fmt(getattr(b, k))}</td>"
+                for k in ("precision", "recall", "f1", "ap")
+            )
+            + "</tr>"
+            for name, support, a, b in rows
+        )
+        out.append(
+            f"<h3>{escape(control.tag)} <code>{escape(control.name)}</code>: {control.examples} examples, "
+            f"{control.folds} folds</h3><table><tr>{head}</tr>{body}</table>"
+        )
+    return "".join(out)
 
 
 def _chart(control: ControlReport) -> str:

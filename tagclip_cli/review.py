@@ -29,6 +29,7 @@ import numpy as np
 
 from backend.converters import LABEL_SCORES_KEY, ControlPlan
 from backend.labelconfig import ParsedConfig
+from backend.memory.scoring import best_threshold  # the memory's thresholds use the same search
 from tagclip_core.metrics import average_precision
 
 from .dataset import latest_annotation, tags_of, whole_image_controls
@@ -143,27 +144,6 @@ def label_ap(scores: np.ndarray, truth: np.ndarray) -> float | None:
     if not truth.any():
         return None
     return float(average_precision(scores[:, None], truth[:, None])[0])
-
-
-def best_threshold(scores: np.ndarray, hits: np.ndarray, positives: int) -> tuple[float | None, float | None]:
-    """The threshold t maximising F1 when every item with score >= t is predicted.
-
-    scores, hits [M]: the candidate predictions and whether each is right; positives: all true labels
-    (including ones no candidate covers). Ties in F1 go to the higher t. (None, None) without candidates
-    or positives.
-    """
-    if len(scores) == 0 or positives == 0:
-        return None, None
-    order = np.argsort(-scores, kind="stable")
-    sorted_scores, sorted_hits = scores[order], hits[order].astype(np.int64)
-    tp = np.cumsum(sorted_hits)
-    predicted = np.arange(1, len(sorted_scores) + 1)
-    # Only the last item of each run of equal scores is a threshold (score >= t takes the whole run).
-    last_of_run = np.append(sorted_scores[1:] != sorted_scores[:-1], True)
-    tp, predicted, candidates = tp[last_of_run], predicted[last_of_run], sorted_scores[last_of_run]
-    f1 = 2 * tp / (predicted + positives)
-    best = int(np.argmax(f1))  # first maximum = highest threshold, as candidates descend
-    return float(candidates[best]), float(f1[best])
 
 
 def control_report(control: ControlPlan, pairs: Sequence[Pair]) -> ControlReport:

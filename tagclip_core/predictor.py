@@ -60,6 +60,7 @@ class _ImageWork:
     local: torch.Tensor | None = None
     candidates: tuple[int, ...] = ()
     crops: tuple = ()
+    embedding: torch.Tensor | None = None
 
 
 class TagCLIP:
@@ -111,25 +112,34 @@ class TagCLIP:
 
     @torch.inference_mode()
     def predict(
-        self, images: Sequence[Image.Image | np.ndarray], timer: StageTimer | None = None
+        self,
+        images: Sequence[Image.Image | np.ndarray],
+        timer: StageTimer | None = None,
+        embeddings: bool = False,
     ) -> list[ImagePrediction]:
         """Tag images (PIL images or uint8 arrays). Same-size images share a batched forward on CUDA.
 
         timer: optional StageTimer collecting seconds for preprocess, forward, dmar, cwr and output.
+        embeddings: also give each prediction CLIP's global image embedding (`ImagePrediction.embedding`),
+            from the same forward (vit.tagclip_forward); scores and tags are the same either way.
         """
         classes = self._require_classes()
         timer = timer or NullTimer()
         with timer.stage("preprocess"):
             work = [self._prepare(i, image) for i, image in enumerate(images)]
         for batch in self._batches(work):
-            self._refine_batch(batch, classes, timer)
+            self._refine_batch(batch, classes, timer, embeddings)
         with timer.stage("cwr"):
             self._reidentify(work, classes)
         with timer.stage("output"):
             return [self._finish(item, classes) for item in work]
 
-    def predict_each(self, images: Sequence[Image.Image | np.ndarray]) -> list[ImagePrediction | PredictionFailure]:
+    def predict_each(
+        self, images: Sequence[Image.Image | np.ndarray], embeddings: bool = False
+    ) -> list[ImagePrediction | PredictionFailure]:
         """`predict`, where one image that fails costs only its own entry (see `predict_each`)."""
+        if embeddings:
+            return predict_each(lambda batch: self.predict(batch, embeddings=True), images)
         return predict_each(self.predict, images)
 
     def _require_classes(self) -> ClassTable:
@@ -170,15 +180,20 @@ class TagCLIP:
         patch = self._clip.patch_size
         return pixels.shape[-2] // patch, pixels.shape[-1] // patch
 
-    def _refine_batch(self, batch: list[_ImageWork], classes: ClassTable, timer: StageTimer) -> None:
+    def _refine_batch(
+        self, batch: list[_ImageWork], classes: ClassTable, timer: StageTimer, embeddings: bool = False
+    ) -> None:
         cfg = self._config.tagclip
         grid = self._grid(batch[0].pixels)
         refine_blocks = range(self._clip.num_blocks)[cfg.refine_layer_start : cfg.refine_layer_stop]
         with timer.stage("forward"), self._clip.autocast():
             pixels = torch.stack([item.pixels for item in batch]).to(self._clip.device)
-            tokens, evidence = tagclip_forward(
-                self._clip.visual, pixels, self._pos_embed(grid), cfg.last_block_mask_value, refine_blocks
+            tokens, evidence, embedding = tagclip_forward(
+                self._clip.visual, pixels, self._pos_embed(grid), cfg.last_block_mask_value, refine_blocks, embeddings
             )
+        if embedding is not None:
+            for position, item in enumerate(batch):
+                item.embedding = embedding[position]
         with timer.stage("dmar"):
             self._dmar_batch(batch, classes, tokens, evidence, grid)
 
@@ -263,6 +278,7 @@ class TagCLIP:
             patch_scores=maps.reshape(num_classes, *grid).float().cpu().numpy(),
             input_size=tuple(item.pixels.shape[-2:]),
             original_size=item.original_size,
+            embedding=None if item.embedding is None else item.embedding.float().cpu().numpy(),
         )
 
 

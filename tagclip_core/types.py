@@ -62,6 +62,8 @@ class ImagePrediction:
         masks feature builds on (max over a class's prompts).
     input_size: (height, width) of the tensor the model saw, a multiple of the patch size.
     original_size: (height, width) of the image after EXIF orientation.
+    embedding: CLIP's global image embedding [E] (L2-normalised float32) when asked for
+        (`TagCLIP.predict(..., embeddings=True)`), else None.
     """
 
     labels: tuple[str, ...]
@@ -71,6 +73,7 @@ class ImagePrediction:
     patch_scores: np.ndarray
     input_size: tuple[int, int]
     original_size: tuple[int, int]
+    embedding: np.ndarray | None = None
 
     def score_dict(self) -> dict[str, float]:
         return {label: float(s) for label, s in zip(self.labels, self.scores, strict=True)}

@@ -153,11 +153,17 @@ def tagclip_forward(
     pos_embed: torch.Tensor,
     last_mask_value: float,
     refine_blocks: range,
-) -> tuple[torch.Tensor, AttentionEvidence]:
+    global_embedding: bool = False,
+) -> tuple[torch.Tensor, AttentionEvidence, torch.Tensor | None]:
     """TagCLIP's image forward: last block's self-attention skipped, attention evidence of every block.
 
     pixels: [B, 3, H, W]; pos_embed: [1 + N, C] for the (H/ps, W/ps) grid.
-    Returns (tokens [B, 1 + N, E] L2-normalised float32, evidence over the N patches).
+    global_embedding: also return CLIP's own image embedding [B, E] (L2-normalised float32): the class token
+        through the last block WITHOUT TagCLIP's mask, from the same tokens entering it (the first blocks run
+        once; the extra work is the last block for one query row, about 2 % of the forward). At the pretrained
+        resolution it equals open_clip's `encode_image` (tested); elsewhere it is CLIP's embedding of the same
+        input the tags come from (positional embedding interpolated as for them).
+    Returns (tokens [B, 1 + N, E] L2-normalised float32, evidence over the N patches, embedding [B, E] or None).
     """
     x = embed_patches(visual, pixels, pos_embed)
     batch, length = x.shape[:2]
@@ -165,15 +171,19 @@ def tagclip_forward(
         vote_count=torch.zeros(batch, length - 1, length - 1, dtype=torch.uint8, device=x.device),
         refine_mean=torch.zeros(batch, length - 1, length - 1, dtype=torch.float32, device=x.device),
     )
+    embedding = None
     blocks = visual.transformer.resblocks
     for index, block in enumerate(blocks):
         is_last = index == len(blocks) - 1
+        if is_last and global_embedding:
+            cls, _ = block_forward(block, x, query_tokens=1)
+            embedding = project_tokens(visual, cls[:, 0])
         mask = last_block_mask(length, last_mask_value, x.device, x.dtype) if is_last else None
         x, probs = block_forward(block, x, mask=mask, want_probs=True)
         _accumulate_evidence(probs, index, refine_blocks, evidence)
         del probs
     evidence.refine_mean /= len(refine_blocks)
-    return project_tokens(visual, x), evidence
+    return project_tokens(visual, x), evidence, embedding
 
 
 def class_token_forward(

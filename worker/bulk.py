@@ -59,7 +59,7 @@ def run_chunk(payload: Any, predict: TaskPredictor, redis: Redis, resolver: Reso
         # Taken from the queue just as the job was cancelled (backend.bulk.cancel): nothing to do.
         log.info("job %s was cancelled: skipping a chunk of %d task(s)", chunk.job, len(chunk.tasks))
         return {"schema": SCHEMA, "job": chunk.job, "worker": owner, "skipped": "cancelled"}
-    resolution = resolver.resolve(chunk.label_config, chunk.extra_params)
+    resolution = resolver.resolve(chunk.label_config, chunk.extra_params, chunk.project, chunk.memory_generation)
     if resolution.model_version != chunk.model_version:
         raise ModelMismatchError(
             f"chunk of job {chunk.job} is for model_version {chunk.model_version}, this worker computes "
@@ -126,6 +126,7 @@ def predictions_for(
         controls=parse_controls([c.to_payload() for c in resolution.plan.controls]),
         tasks=tuple(TaskRef(index=i, id=t.id, images=dict(t.data)) for i, t in enumerate(tasks)),
         source=SourceRef(source.url, source.api_key, KeyPlace.PAYLOAD),  # in-process: never serialized
+        memory=resolution.learning,
     )
     entries = {e.get("index"): e for e in predict(spec) if isinstance(e, Mapping)}
     items: dict[int, dict[str, Any]] = {}

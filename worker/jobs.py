@@ -10,6 +10,9 @@ ask for the same ones (a BrushLabels and a RectangleLabels with one label set co
 mask computation). Masks are made only for the labels the backend will select: TagCLIP's tags, or the
 labels at or above the control's absolute threshold. "coarse" masks come from the prediction's refined patch
 maps (no model call); "clip-es" masks run CLIP-ES on the runtime's already loaded CLIP.
+
+A chunk of a learning project (payload schema 3) also computes each image's CLIP embedding in the same forward,
+and its learning controls are adapted with the project's memory (worker.memory).
 """
 
 from __future__ import annotations
@@ -27,12 +30,14 @@ from backend.converters import ControlOutput
 from backend.converters.base import choose_labels
 from backend.errors import ImageFetchError, ModelMismatchError
 from backend.fetch import redact
+from backend.memory.cache import image_digest
 from backend.redaction import scrub
 from tagclip_core.errors import ImageLoadError, TagCLIPError
 from tagclip_core.images import load_image
 from tagclip_core.masks import coarse_masks
 from tagclip_core.types import ClassSpec, ImagePrediction, MaskMode, PredictionFailure
 
+from .memory import use_memory
 from .runtime import Runtime, current_runtime
 
 log = logging.getLogger(__name__)
@@ -63,8 +68,9 @@ def predict_chunk(payload: dict[str, Any]) -> dict[str, Any]:
 def predict_tasks(spec: ChunkSpec, runtime: Runtime) -> list[dict[str, Any]]:
     """Every task's output, in task order: `{"index", "outputs": {control: ...}}`, or `{"index", "error",
     "kind"}` for a task whose image could not be fetched, decoded or predicted (the others go on)."""
-    images, errors = fetch_images(spec, runtime)
-    outputs = predict_controls(spec, images, errors, runtime)
+    digests: dict[int, dict[str, str]] | None = {} if spec.memory is not None else None
+    images, errors = fetch_images(spec, runtime, digests)
+    outputs = predict_controls(spec, images, errors, runtime, digests)
     tasks = []
     for task in spec.tasks:
         if task.index in errors:
@@ -75,11 +81,13 @@ def predict_tasks(spec: ChunkSpec, runtime: Runtime) -> list[dict[str, Any]]:
 
 
 def fetch_images(
-    spec: ChunkSpec, runtime: Runtime
+    spec: ChunkSpec, runtime: Runtime, digests: dict[int, dict[str, str]] | None = None
 ) -> tuple[dict[int, dict[str, Image.Image]], dict[int, tuple[str, str]]]:
     """Fetch and decode each task's images in parallel. Returns images by task index, and
     (kind, message) errors by task index. Raises LabelStudioAuthError when this worker has no key for the
-    payload's Label Studio (a setup mistake: the job fails and is retried, no task is marked failed)."""
+    payload's Label Studio (a setup mistake: the job fails and is retried, no task is marked failed). `digests`,
+    when given, receives each image's SHA-256 by task index and data key (what the memory's image cache is keyed
+    by)."""
     keys = sorted({c.data_key for c in spec.controls})
     source = resolve_source(spec.source, runtime.settings.label_studio)
 
@@ -91,6 +99,8 @@ def fetch_images(
                 raise ImageFetchError(f"task {task.id} has no data[{key!r}]")
             data = runtime.fetcher.fetch(ref, task.id or 0, source)
             out[key] = load_image(data, runtime.image_limits, name=redact(str(ref)))
+            if digests is not None:
+                digests.setdefault(task.index, {})[key] = image_digest(data)
         return out
 
     images: dict[int, dict[str, Image.Image]] = {}
@@ -112,11 +122,17 @@ def fetch_images(
 
 
 def predict_controls(
-    spec: ChunkSpec, images: dict[int, dict[str, Image.Image]], errors: dict[int, tuple[str, str]], runtime: Runtime
+    spec: ChunkSpec,
+    images: dict[int, dict[str, Image.Image]],
+    errors: dict[int, tuple[str, str]],
+    runtime: Runtime,
+    digests: dict[int, dict[str, str]] | None = None,
 ) -> dict[int, dict[str, dict[str, Any]]]:
     """Scores (and masks, where asked) of every control for every task whose images loaded. Engine failures on
-    one image are isolated to its task (recorded in `errors`)."""
+    one image are isolated to its task (recorded in `errors`). With a memory (spec.memory), the learning
+    controls' scores and tags are adapted (worker.memory)."""
     outputs: dict[int, dict[str, dict[str, Any]]] = {}
+    embeddings = spec.memory is not None
     job = get_current_job()
     predicted: dict[tuple, dict[int, ImagePrediction | PredictionFailure]] = {}
     masks_done: dict[tuple, dict[str, Any]] = {}
@@ -131,7 +147,7 @@ def predict_controls(
             batch = [images[i][control.data_key] for i in todo]
             with runtime.engine_lock:
                 runtime.engine.set_classes(_class_specs(control), background=spec.background)
-                known.update(zip(todo, runtime.engine.predict_each(batch), strict=True))
+                known.update(zip(todo, runtime.engine.predict_each(batch, embeddings=embeddings), strict=True))
         for index in indices:
             prediction = known[index]
             if isinstance(prediction, PredictionFailure):
@@ -153,6 +169,8 @@ def predict_controls(
         if job is not None:
             job.meta["progress"] = {"controls_done": done + 1, "controls": len(spec.controls)}
             job.save_meta()
+    if embeddings:
+        use_memory(spec, outputs, predicted, digests or {}, runtime)
     return outputs
 
 

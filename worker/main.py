@@ -155,10 +155,12 @@ def run_worker(settings: Settings, name: str | None = None, burst: bool = False)
             delay = 0.5
             keys = RedisKeys(settings.queue_name)
             queue = Queue(keys.predict_queue, connection=connection, serializer=JSONSerializer, job_class=ProjectJob)
-            # Bulk pre-annotation chunks wait behind interactive /predict jobs (RQ takes queues in order).
+            # Learning jobs (the memory of reviewed examples), then bulk pre-annotation chunks, wait behind
+            # interactive /predict jobs (RQ takes queues in order).
+            learn = Queue(keys.learn_queue, connection=connection, serializer=JSONSerializer, job_class=ProjectJob)
             bulk = Queue(keys.bulk_queue, connection=connection, serializer=JSONSerializer, job_class=ProjectJob)
             worker = TagclipWorker(
-                [queue, bulk],
+                [queue, learn, bulk],
                 connection=connection,
                 serializer=JSONSerializer,
                 job_class=ProjectJob,
@@ -171,7 +173,7 @@ def run_worker(settings: Settings, name: str | None = None, burst: bool = False)
                 maintenance_interval=MAINTENANCE_INTERVAL,
             )
             incarnation += 1
-            log.info("worker %s consuming queues %r, %r", worker.name, queue.name, bulk.name)
+            log.info("worker %s consuming queues %r, %r, %r", worker.name, queue.name, learn.name, bulk.name)
             try:
                 worker.work(burst=burst, logging_level=settings.log_level)
             except RedisError as e:

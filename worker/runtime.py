@@ -17,8 +17,14 @@ from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from typing import Any
 
-from backend.contracts.source import configured_studio
+from backend.contracts.source import SourceRef, configured_studio, resolve_source
 from backend.fetch import FetchLimits, make_fetcher
+from backend.labelstudio.auth import Source
+from backend.labelstudio.client import LabelStudioClient
+from backend.memory.cache import ImageCache, LocalImageCache, RedisImageCache
+from backend.memory.redis_store import RedisMemoryStore
+from backend.memory.store import MemoryStore, open_store
+from backend.netpolicy import AddressPolicy, GuardedSessions
 from backend.resolve import Resolver
 from backend.settings import Settings
 from tagclip_core.config import EngineConfig, MaskConfig, ModelSpec
@@ -27,6 +33,8 @@ from tagclip_core.masks import Segmenter
 from tagclip_core.model import resolve_cache_dir, resolve_device
 from tagclip_core.predictor import TagCLIP
 from tagclip_core.types import MaskMode
+
+from .memory import ProjectMemories
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +55,15 @@ class Runtime:
         self.mask_config = mask_config or MaskConfig()
         self._segmenters: dict[tuple[str, int], Segmenter] = {}
         self.name = name
+        # The memory of reviewed examples (backend.memory), opened on first use: Redis in queue mode, SQLite in
+        # embedded mode; with what each image's embedding and scores are cached under.
+        self._memory: MemoryStore | None = None
+        self._image_cache: ImageCache | None = None
+        self._memory_lock = threading.Lock()
+        # Learning projects' examples and calibrations as predictions read them (worker.memory).
+        self.memories = ProjectMemories(lambda: self.memory)
         # Resolves bulk chunks' label configs and versions as /setup does; its caches live across chunks.
-        self.resolver = Resolver(settings)
+        self.resolver = Resolver(settings, generations=lambda project: self.memory.generation(project))
         self.model_key = self.resolver.model_key
         self.fetcher = make_fetcher(
             FetchLimits(settings.max_download_bytes, settings.download_timeout),
@@ -76,6 +91,27 @@ class Runtime:
         engine = TagCLIP.load(spec, EngineConfig())
         log.info("engine %s loaded on %s in %.1f s", engine.model_id, settings.device, time.monotonic() - started)
         return cls(settings, engine, name)
+
+    @property
+    def memory(self) -> MemoryStore:
+        """The memory store (opened on first use)."""
+        return self._open_memory()[0]
+
+    @property
+    def image_cache(self) -> ImageCache:
+        """Each image's embedding and scores for the memory: shared in Redis (queue mode), in-process otherwise."""
+        return self._open_memory()[1]
+
+    def _open_memory(self) -> tuple[MemoryStore, ImageCache]:
+        with self._memory_lock:
+            if self._memory is None or self._image_cache is None:
+                store = open_store(self.settings)
+                if isinstance(store, RedisMemoryStore):
+                    self._image_cache = RedisImageCache(store.redis, store.keys)
+                else:
+                    self._image_cache = LocalImageCache()
+                self._memory = store
+            return self._memory, self._image_cache
 
     def mask_settings(self, mode: MaskMode, background: str, min_region_area: int) -> MaskConfig:
         """The mask config for one control of a job (background: a set name or a comma list of words)."""
@@ -108,6 +144,15 @@ class Runtime:
             "studio_key": configured_studio(self.settings),
         }
 
+    def source(self, ref: SourceRef, job_key: str | None = None) -> Source:
+        """The Label Studio (URL and key) a payload names, with the key from wherever the payload says it is."""
+        return resolve_source(ref, self.settings.label_studio, job_key)
+
+    def label_studio_client(self, source: Source) -> LabelStudioClient:
+        """A client of a payload's Label Studio: its URL came from a caller, so it obeys the address policy."""
+        policy = AddressPolicy.of(self.settings.label_studio_url, self.settings.allowed_hosts)
+        return LabelStudioClient(source, session=GuardedSessions(policy).for_url(source.url or ""))
+
     @contextlib.contextmanager
     def activate(self) -> Iterator[Runtime]:
         """Bind this runtime for `current_runtime()` in the current context."""
@@ -124,6 +169,9 @@ class Runtime:
 
     def close(self) -> None:
         self.downloads.shutdown(wait=False, cancel_futures=True)
+        with self._memory_lock:
+            if self._memory is not None:
+                self._memory.close()
 
 
 def current_runtime() -> Runtime:

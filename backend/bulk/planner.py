@@ -33,6 +33,7 @@ from ..errors import BulkSetupError
 from ..keys import ProjectRef, RedisKeys
 from ..labelstudio.auth import same_origin
 from ..labelstudio.client import LabelStudioClient, id_after_filter, version_filter
+from ..memory.redis_store import RedisMemoryStore
 from ..resolve import Resolution, Resolver
 from ..settings import Settings
 from .ledger import Ledger
@@ -114,8 +115,9 @@ class BulkPlanner:
         self.settings = settings
         self.redis = redis
         self.client = client
-        self.resolver = resolver or Resolver(settings)
         self.keys = RedisKeys(settings.queue_name)
+        # A learning project's version names its memory's generation (in this Redis, as the workers read it).
+        self.resolver = resolver or Resolver(settings, generations=RedisMemoryStore(redis, self.keys).generation)
         self.store = BulkStore(redis, self.keys)
         self.queue = Queue(self.keys.bulk_queue, connection=redis, serializer=JSONSerializer)
         # Chunks name the job's credential, which Redis keeps while the job runs (backend.contracts.source): the
@@ -131,7 +133,7 @@ class BulkPlanner:
         project = self.client.project(request.project)
         label_config = project.get("label_config") or ""
         extra = project_extra_params(self.client.ml_backends(request.project))
-        resolved = self.resolver.resolve(label_config, extra)
+        resolved = self.resolver.resolve(label_config, extra, request.project)
         if not resolved.parsed.plan.controls:
             raise BulkSetupError(
                 f"project {request.project}: nothing TagCLIP can predict in its label config "
@@ -174,6 +176,7 @@ class BulkPlanner:
                 "queue": self.settings.queue_name,
                 "label_studio": self.client.base,
                 "filters": json.dumps(list(prepared.filter_items)),
+                "memory_generation": json.dumps(prepared.resolved.memory_generation),
             }
         )
         project = self.project(request.project)
@@ -296,7 +299,8 @@ class BulkPlanner:
             raise BulkSetupError(f"job {job} belongs to another Label Studio than {self.client.base}")
         request = BulkRequest(project=int(info["project"]), chunk_size=int(info["chunk_size"]), write=info["write"])
         extra = json.loads(info.get("extra_params") or "{}")
-        resolved = self.resolver.resolve(info["label_config"], extra)
+        generation = json.loads(info.get("memory_generation") or "null")
+        resolved = self.resolver.resolve(info["label_config"], extra, request.project, generation)
         if resolved.model_version != info["model_version"]:
             raise BulkSetupError(
                 f"job {job} is for model_version {info['model_version']}, these settings give "
@@ -337,6 +341,7 @@ class BulkPlanner:
                 write=request.write,
                 source=self.source,
                 tasks=tuple(refs[start : start + request.chunk_size]),
+                memory_generation=prepared.resolved.memory_generation,
             )
         return out
 

@@ -1,5 +1,6 @@
 """The plain-JSON payloads that cross the RQ queues, built by the web process or the planner and checked by the
-workers: `predict` (a /predict chunk: tasks, controls, source) and `bulk` (a bulk pre-annotation chunk), and
+workers: `predict` (a /predict chunk: tasks, controls, source), `bulk` (a bulk pre-annotation chunk), `learn`
+(the memory's learning jobs), and
 `source` (how a payload names its Label Studio and key).
 
 JOB_FUNCTIONS lists, by dotted path, every function a worker runs: a job naming anything else is refused
@@ -9,6 +10,7 @@ JOB_FUNCTIONS lists, by dotted path, every function a worker runs: a job naming 
 from __future__ import annotations
 
 from .bulk import JOB_FUNCTION as BULK_JOB_FUNCTION
+from .learn import LEARN_JOB_FUNCTIONS
 from .predict import JOB_FUNCTION as PREDICT_JOB_FUNCTION
 
-JOB_FUNCTIONS = frozenset({PREDICT_JOB_FUNCTION, BULK_JOB_FUNCTION})
+JOB_FUNCTIONS = frozenset({PREDICT_JOB_FUNCTION, BULK_JOB_FUNCTION, *LEARN_JOB_FUNCTIONS})

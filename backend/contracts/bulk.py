@@ -6,6 +6,9 @@ and checked by the worker.
      "source": backend.contracts.source's {"url", "api_key": null, "key": "worker" | "bulk_job"},
      "tasks": [{"id": int, "data": {data_key: image reference}}]}
 
+and, for a project that learns from reviewed examples, "memory_generation": int: the generation of the memory
+the planner's model_version names (workers predict with that generation's calibration, whichever is newer).
+
 The result is plain JSON too: {"schema": 1, "job": str, "worker": str, "written": [ids], "recovered": [ids],
 "elsewhere": [ids], "failed": {id: reason}, "seconds": {"predict": s, "write": s, "store": s}}.
 """
@@ -57,6 +60,7 @@ class BulkChunk:
     write: WriteMethod
     source: SourceRef
     tasks: tuple[BulkTask, ...]
+    memory_generation: int | None = None
 
 
 def build_payload(chunk: BulkChunk) -> dict[str, Any]:
@@ -71,7 +75,7 @@ def build_payload(chunk: BulkChunk) -> dict[str, Any]:
         "write": str(chunk.write),
         "source": chunk.source.to_json(),
         "tasks": [{"id": t.id, "data": dict(t.data)} for t in chunk.tasks],
-    }
+    } | ({"memory_generation": chunk.memory_generation} if chunk.memory_generation is not None else {})
 
 
 def task_refs(tasks: Sequence[Mapping[str, Any]], data_keys: Sequence[str]) -> tuple[BulkTask, ...]:
@@ -100,12 +104,21 @@ def parse_payload(payload: Any) -> BulkChunk:
             write=_text(payload["write"], "write"),
             source=SourceRef.from_json(payload["source"]),
             tasks=tuple(BulkTask(int(t["id"]), dict(t["data"])) for t in payload["tasks"]),
+            memory_generation=_generation(payload.get("memory_generation")),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise PayloadError(f"malformed bulk payload: {type(e).__name__}: {e}") from e
     if chunk.write not in WRITE_METHODS:
         raise PayloadError(f"bulk payload write={chunk.write!r} is not one of {WRITE_METHODS}")
     return dataclasses.replace(chunk, write=WriteMethod(chunk.write))
+
+
+def _generation(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise PayloadError(f"bulk payload memory_generation must be an integer >= 0, got {value!r}")
+    return value
 
 
 def _text(value: Any, field: str) -> str:

@@ -11,6 +11,12 @@ the job instead of answering without them):
     "controls": [{..., "masks": {"mode": "coarse" | "clip-es", "min_region_area": int,
                                  "threshold": float | null}}]
 
+Schema 3 is schema 2 for a project that learns from reviewed examples (docs/learning.md): the worker adapts
+the named controls with the project's memory of that generation (and caches each image's embedding and
+scores for the learning jobs), so a worker that predates the memory refuses the job:
+
+    "memory": {"project": int, "generation": int, "controls": [str]}
+
 The result is plain JSON too:
 
     {"schema": 1, "model_id": str, "worker": str, "seconds": float,
@@ -36,6 +42,9 @@ from .source import SourceRef
 SCHEMA = 1
 # Schema 1 plus controls[].masks.
 MASKS_SCHEMA = 2
+# Schema 2 plus memory.
+LEARN_SCHEMA = 3
+SCHEMAS = (SCHEMA, MASKS_SCHEMA, LEARN_SCHEMA)
 # The job function, by dotted path: the backend never imports it (no torch in the web process).
 JOB_FUNCTION = "worker.jobs.predict_chunk"
 # The in-process runtime loader for embedded mode, by dotted path.
@@ -62,6 +71,18 @@ class ControlSpec:
 
 
 @dataclass(frozen=True)
+class MemorySpec:
+    """The memory a chunk's predictions use: the project's, of this generation, for these controls."""
+
+    project: int
+    generation: int
+    controls: tuple[str, ...]
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"project": self.project, "generation": self.generation, "controls": list(self.controls)}
+
+
+@dataclass(frozen=True)
 class TaskRef:
     index: int
     id: int | None
@@ -75,6 +96,7 @@ class ChunkSpec:
     controls: tuple[ControlSpec, ...]
     tasks: tuple[TaskRef, ...]
     source: SourceRef
+    memory: MemorySpec | None = None
 
 
 def build_payloads(
@@ -84,11 +106,13 @@ def build_payloads(
     background: str,
     model_key: str,
     chunk_size: int,
+    memory: MemorySpec | None = None,
 ) -> list[dict[str, Any]]:
     """Split `tasks` (Label Studio task dicts) into job payloads of at most `chunk_size` tasks.
 
     `controls` are ControlPlan.to_payload() dicts. Each task carries only the image references the
-    controls need, and its position in the request (`index`) so results align by position.
+    controls need, and its position in the request (`index`) so results align by position. `memory`: the
+    learning project's memory (schema 3); None leaves the payload as it always was.
     """
     data_keys = sorted({c["data_key"] for c in controls})
     refs = []
@@ -105,16 +129,18 @@ def build_payloads(
         )
     payloads = []
     for start in range(0, len(refs), chunk_size):
-        payloads.append(
-            {
-                "schema": MASKS_SCHEMA if any(c.get("masks") for c in controls) else SCHEMA,
-                "model_key": model_key,
-                "background": background,
-                "controls": list(controls),
-                "tasks": refs[start : start + chunk_size],
-                "source": source.to_json(),
-            }
-        )
+        payload = {
+            "schema": MASKS_SCHEMA if any(c.get("masks") for c in controls) else SCHEMA,
+            "model_key": model_key,
+            "background": background,
+            "controls": list(controls),
+            "tasks": refs[start : start + chunk_size],
+            "source": source.to_json(),
+        }
+        if memory is not None:
+            payload["schema"] = LEARN_SCHEMA
+            payload["memory"] = memory.to_payload()
+        payloads.append(payload)
     return payloads
 
 
@@ -128,12 +154,12 @@ def parse_payload(payload: Any) -> ChunkSpec:
     """Check a payload against the schema; raises PayloadError naming the bad field."""
     if not isinstance(payload, Mapping):
         raise PayloadError(f"payload must be an object, got {type(payload).__name__}")
-    if payload.get("schema") not in (SCHEMA, MASKS_SCHEMA):
+    if payload.get("schema") not in SCHEMAS:
         raise PayloadError(
-            f"payload schema {payload.get('schema')!r} is not {SCHEMA} or {MASKS_SCHEMA} (backend/worker version skew)"
+            f"payload schema {payload.get('schema')!r} is not one of {SCHEMAS} (backend/worker version skew)"
         )
     try:
-        controls = parse_controls(payload["controls"], with_masks=payload["schema"] == MASKS_SCHEMA)
+        controls = parse_controls(payload["controls"], with_masks=payload["schema"] != SCHEMA)
         tasks = tuple(
             TaskRef(index=int(t["index"]), id=t.get("id"), images=dict(t["images"])) for t in payload["tasks"]
         )
@@ -143,6 +169,7 @@ def parse_payload(payload: Any) -> ChunkSpec:
             controls=controls,
             tasks=tasks,
             source=SourceRef.from_json(payload.get("source") or {}),
+            memory=_memory_spec(payload["memory"]) if payload["schema"] == LEARN_SCHEMA else None,
         )
     except (KeyError, TypeError, ValueError) as e:
         raise PayloadError(f"malformed payload: {type(e).__name__}: {e}") from e
@@ -185,6 +212,17 @@ def _mask_spec(data: Any) -> MaskSpec | None:
     ):
         raise PayloadError(f"controls[].masks.threshold must be null or a number in [0, 1], got {threshold!r}")
     return MaskSpec(mode, area, None if threshold is None else float(threshold))
+
+
+def _memory_spec(data: Any) -> MemorySpec:
+    if not isinstance(data, Mapping):
+        raise PayloadError(f"memory must be an object, got {data!r}")
+    project, generation = data.get("project"), data.get("generation")
+    if isinstance(project, bool) or not isinstance(project, int) or project <= 0:
+        raise PayloadError(f"memory.project must be a positive integer, got {project!r}")
+    if isinstance(generation, bool) or not isinstance(generation, int) or generation < 0:
+        raise PayloadError(f"memory.generation must be an integer >= 0, got {generation!r}")
+    return MemorySpec(project, generation, tuple(_str(c, "memory.controls[]") for c in data.get("controls") or ()))
 
 
 def _str(value: Any, field: str) -> str:

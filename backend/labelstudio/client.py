@@ -24,6 +24,8 @@ from .auth import LabelStudioAuth, Source, is_jwt
 
 # Seconds for one REST call (a 10,000-task export or a page of 1,000 tasks takes a few seconds).
 DEFAULT_TIMEOUT = 120.0
+# Task ids per export call that selects tasks (they travel in the query string).
+_IDS_PER_CALL = 200
 # Export snapshots are built synchronously by Label Studio 1.23 but the API allows "in_progress".
 EXPORT_POLL_INTERVAL = 0.5
 
@@ -49,7 +51,7 @@ class LabelStudioClient:
         method: str,
         path: str,
         *,
-        params: Mapping[str, Any] | None = None,
+        params: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
         body: Any = None,
         expect: Sequence[int] = (200, 201),
         timeout: float | None = None,
@@ -66,7 +68,12 @@ class LabelStudioClient:
         return response
 
     def _send(
-        self, method: str, path: str, params: Mapping[str, Any] | None, body: Any, timeout: float | None
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, Any] | Sequence[tuple[str, Any]] | None,
+        body: Any,
+        timeout: float | None,
     ) -> requests.Response:
         try:
             header = self._auth.header(self.base, self.source.api_key or "")
@@ -88,7 +95,7 @@ class LabelStudioClient:
                 f"Label Studio {method} {path} failed: {type(e).__name__}: {scrub(str(e))}"
             ) from e
 
-    def get_json(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
+    def get_json(self, path: str, params: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None) -> Any:
         response = self.request("GET", path, params=params)
         try:
             return response.json()
@@ -135,6 +142,26 @@ class LabelStudioClient:
             "selectedItems": {"all": False, "included": list(task_ids)},
         }
         return {int(t["id"]) for t in self.task_page(project, query, len(task_ids))}
+
+    def annotated_tasks(self, project: int, task_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
+        """The project's tasks that have annotations (of `task_ids` only, when given), each with its data and full
+        annotations, through the export endpoint (GET /api/projects/<id>/export?exportType=JSON): unlike
+        GET /api/tasks/<id>, it never makes Label Studio ask the backend for predictions, and it writes no
+        export snapshot."""
+        if task_ids is not None and not task_ids:
+            return []
+        batches = (
+            [None]
+            if task_ids is None
+            else [task_ids[i : i + _IDS_PER_CALL] for i in range(0, len(task_ids), _IDS_PER_CALL)]
+        )
+        tasks: list[dict[str, Any]] = []
+        for batch in batches:
+            params: list[tuple[str, Any]] = [("exportType", "JSON")]
+            params += [("ids[]", int(t)) for t in batch or ()]
+            answer = self.get_json(f"/api/projects/{project}/export", params)
+            tasks += [t for t in answer if isinstance(t, dict)] if isinstance(answer, list) else []
+        return tasks
 
     # --- predictions ---
     def create_prediction(self, item: Mapping[str, Any]) -> dict[str, Any]:

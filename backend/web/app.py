@@ -15,17 +15,20 @@ from werkzeug.exceptions import HTTPException
 
 from ..errors import BadRequestError, HTTPError, UnauthorizedError
 from ..keys import RedisKeys
+from ..memory.store import open_store
 from ..resolve import Resolver
 from ..settings import Settings
 from . import bulk_routes
 from .dispatch import Dispatcher, RedisDispatcher, make_dispatcher
+from .learning import LearningIntake
 from .projects import ProjectStore
 from .prometheus import Metrics
 from .service import PredictionService
 
 log = logging.getLogger(__name__)
 
-# Routes that answer without basic auth: /health reveals only readiness, /webhook does nothing but log.
+# Routes that answer without basic auth: /health reveals only readiness; /webhook only makes the backend read tasks
+# back from Label Studio (Label Studio's webhooks carry no auth headers).
 PUBLIC_ENDPOINTS = frozenset({"health", "webhook", "index", "static"})
 # Largest request body per route; a larger one gets 413 before it is read. Label Studio sends every selected
 # task in one /predict (35 KB for 69 tasks, measured); a label config of 10,000 labels is about 0.5 MB.
@@ -48,6 +51,7 @@ class BackendState:
     dispatcher: Dispatcher
     service: PredictionService
     metrics: Metrics
+    learning: LearningIntake
 
 
 def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None = None) -> Flask:
@@ -58,9 +62,12 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     metrics = Metrics(dispatcher.queue_depth, dispatcher.worker_count)
     redis = dispatcher.redis if isinstance(dispatcher, RedisDispatcher) else None
     projects = ProjectStore(redis, RedisKeys(settings.queue_name))
-    resolver = Resolver(settings)
+    # A learning project's model_version names its memory's generation (backend.memory); read, never computed here.
+    resolver = Resolver(settings, generations=open_store(settings, redis).generation)
     service = PredictionService(settings, dispatcher, projects, metrics, resolver)
-    state = BackendState(settings, dispatcher, service, metrics)
+    state = BackendState(
+        settings, dispatcher, service, metrics, LearningIntake(settings, projects, resolver, dispatcher)
+    )
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = DEFAULT_BODY_LIMIT
@@ -167,7 +174,12 @@ def _webhook() -> tuple[Response, int]:
     # At most BODY_LIMITS["webhook"] bytes are read: a larger body is answered 413 unparsed.
     body = request.get_json(silent=True, force=True)
     action = body.get("action") if isinstance(body, dict) else None
-    log.info("webhook: action=%s (%d bytes)", action, request.content_length or 0)
+    try:
+        outcome = _state().learning.handle(body)
+    except Exception as e:  # an event never fails the webhook (Label Studio only logs it); a sync catches up
+        log.warning("webhook: not handled: %s: %s", type(e).__name__, e)
+        outcome = "not handled"
+    log.info("webhook: action=%s (%d bytes): %s", action, request.content_length or 0, outcome)
     return jsonify({}), 200
 
 

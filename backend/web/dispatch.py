@@ -2,7 +2,9 @@
 this process (`EmbeddedDispatcher`, when REDIS_URL is unset).
 
 Both reach the job function by its dotted path (`jobspec.JOB_FUNCTION`) with plain JSON, so the web
-process imports torch only in embedded mode, and only through that path.
+process imports torch only in embedded mode, and only through that path. `submit` runs a background job
+without waiting for it (the memory's learning jobs): on the `<queue>-learn` RQ queue, or on embedded mode's
+threads once the engine is loaded.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
@@ -45,6 +48,8 @@ ABANDONED_CHECK_INTERVAL = 1.0
 RESULT_TTL = 300
 # Failed jobs stay for inspection (rq-dashboard) this long; a job holds a /setup token when it names one.
 FAILURE_TTL = 3600
+# RQ states of a job that has not started.
+_WAITING = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED)
 # Seconds between tries to load the embedded engine after a failure.
 EMBEDDED_RELOAD_INTERVAL = 30.0
 
@@ -86,6 +91,11 @@ class Dispatcher(ABC):
     def engines_hold_key(self, source: Source) -> bool:
         """True when every engine that may run a job holds its own key for `source`'s Label Studio, and `source`'s
         key is that key (so payloads need not carry it)."""
+
+    @abstractmethod
+    def submit(self, function: str, payload: dict[str, Any], dedupe: str | None = None) -> str | None:
+        """Run the job function `function` (dotted path) on `payload` in the background; returns the job's id, or
+        None when a job submitted with the same `dedupe` key is still waiting to start."""
 
     def warm_up(self) -> None:  # noqa: B027 - an optional hook, a no-op unless overridden
         """Start whatever takes long (embedded: loading the model) without waiting for it."""
@@ -180,6 +190,32 @@ class RedisDispatcher(Dispatcher):
                 ended.append((i, ChunkOutcome(error=self._failure_text(jobs[i], status))))
         return ended
 
+    def submit(self, function: str, payload: dict[str, Any], dedupe: str | None = None) -> str | None:
+        queue = Queue(self._keys.learn_queue, connection=self.redis, serializer=JSONSerializer)
+        waiting = self._keys.learn_waiting(dedupe) if dedupe else None
+        try:
+            if waiting is not None:
+                previous = self.redis.get(waiting)
+                earlier = queue.fetch_job(previous.decode()) if previous else None
+                if earlier is not None and earlier.get_status(refresh=True) in _WAITING:
+                    return None
+            job = queue.enqueue(
+                function,
+                payload,
+                job_timeout=self._settings.job_timeout,
+                result_ttl=RESULT_TTL,
+                failure_ttl=FAILURE_TTL,
+                retry=Retry(max=self._settings.job_retries) if self._settings.job_retries else None,
+                description=f"{function.rsplit('.', 1)[-1]}(project {payload.get('project')})",
+            )
+            if waiting is not None:
+                self.redis.set(waiting, job.id, ex=FAILURE_TTL)
+        except RedisError as e:
+            raise QueueUnavailableError(
+                f"Redis at {_redis_address(self._settings.redis_url)} is unreachable: {e}"
+            ) from e
+        return job.id
+
     def _failure_text(self, job: Job, status: str | None) -> str:
         if status is None:
             return f"job {job.id} vanished from Redis"
@@ -270,6 +306,7 @@ class EmbeddedDispatcher(Dispatcher):
         self._error: str | None = None
         self._failed_at = 0.0
         self._pending = 0
+        self._waiting: set[str] = set()  # dedupe keys of submitted jobs that have not started
 
     def warm_up(self) -> None:
         with self._lock:
@@ -327,6 +364,36 @@ class EmbeddedDispatcher(Dispatcher):
         for future in sorted(unyielded, key=position.__getitem__):
             future.cancel()
             yield position[future], ChunkOutcome()
+
+    def submit(self, function: str, payload: dict[str, Any], dedupe: str | None = None) -> str | None:
+        with self._lock:
+            if dedupe is not None and dedupe in self._waiting:
+                return None
+            if dedupe is not None:
+                self._waiting.add(dedupe)
+            self._pending += 1
+        job_id = uuid.uuid4().hex
+        data = json.loads(json.dumps(payload))  # the same plain-JSON boundary as the queue
+
+        def background() -> None:
+            with self._lock:
+                self._waiting.discard(dedupe or "")
+            self._loaded.wait()
+            if self._runtime is None:
+                log.warning(
+                    "background job %s (%s) dropped: the model failed to load: %s", job_id, function, self._error
+                )
+                return
+            try:
+                result = self._runtime.run(import_string(function), data)
+                log.info("background job %s (%s) done: %s", job_id, function, json.dumps(result)[:300])
+            except Exception:
+                log.exception("background job %s (%s) failed", job_id, function)
+
+        self.warm_up()
+        future = self._executor.submit(background)
+        future.add_done_callback(self._finished)
+        return job_id
 
     def _finished(self, _future: Future) -> None:
         with self._lock:

@@ -73,7 +73,7 @@ class PredictionService:
         self.dispatcher.warm_up()
         if not schema:
             return {"model_version": self.resolver.version_without_config(context.extra_params)}
-        return {"model_version": self.resolver.resolve(schema, context.extra_params).model_version}
+        return {"model_version": self.resolver.resolve(schema, context.extra_params, project).model_version}
 
     # --- /predict ---
     def predict(self, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -106,7 +106,7 @@ class PredictionService:
         config = body.get("label_config") or (context.schema if context else None)
         if not isinstance(config, str) or not config.strip():
             raise BadRequestError("body must have 'label_config' (or call /setup with the schema first)")
-        resolution = self.resolver.resolve(config, context.extra_params if context else None)
+        resolution = self.resolver.resolve(config, context.extra_params if context else None, project or None)
         version = resolution.model_version
         if not tasks:
             return {"results": []}
@@ -131,6 +131,7 @@ class PredictionService:
             resolution.options.background,
             resolution.model_key,
             chunk,
+            resolution.learning,
         )
         outcomes = self.dispatcher.run(payloads, deadline)
         results = self._assemble(tasks, payloads, outcomes, resolution, deadline)

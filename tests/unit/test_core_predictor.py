@@ -192,3 +192,27 @@ def test_bf16_on_cpu_runs_under_autocast_close_to_fp32(tiny_checkpoint, tmp_path
     assert all(np.isfinite(p.scores).all() for p in got)
     rel = exact.config.tagclip.tag_rel_threshold
     assert prediction_mismatches(reference, got, [e.predict(images) for e in shifted], rel) == []
+
+
+def test_embeddings_come_with_unchanged_predictions(tiny_engine):
+    """predict(..., embeddings=True): CLIP's global embedding (open_clip's encode_image of the same 224x224
+    input) rides along; scores, tags, candidates and patch maps are bit-identical to a plain predict."""
+    import torch
+
+    from tagclip_core.preprocess import to_pixels
+
+    images = [_image(224, 224, 41), _image(96, 128, 42)]
+    plain = tiny_engine.predict(images)
+    with_embeddings = tiny_engine.predict(images, embeddings=True)
+    for a, b in zip(plain, with_embeddings, strict=True):
+        assert a.embedding is None
+        assert b.embedding.shape == (64,) and b.embedding.dtype == np.float32
+        assert np.linalg.norm(b.embedding) == pytest.approx(1.0, abs=1e-5)
+        assert np.array_equal(a.scores, b.scores) and a.tags == b.tags and a.candidates == b.candidates
+        assert np.array_equal(a.patch_scores, b.patch_scores)
+    with torch.inference_mode():
+        pixels = to_pixels(images[0], (224, 224), tiny_engine.config.preprocess)[None]
+        expected = tiny_engine.clip.model.encode_image(pixels, normalize=True)[0].numpy()
+    np.testing.assert_allclose(with_embeddings[0].embedding, expected, atol=1e-6)
+    each = tiny_engine.predict_each(images, embeddings=True)
+    assert all(np.array_equal(e.embedding, w.embedding) for e, w in zip(each, with_embeddings, strict=True))

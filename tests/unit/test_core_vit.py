@@ -101,7 +101,7 @@ def test_pos_embed_interpolation_rounds_to_fp16_and_keeps_the_pretrained_grid():
 def test_evidence_counts_votes_and_averages_refine_layers(clip):
     pixels = torch.randn(1, 3, 48, 64, generator=torch.Generator().manual_seed(4))
     pos = interpolate_pos_embed(clip.visual.positional_embedding, (3, 4), (14, 14), round_fp16=True)
-    tokens, evidence = tagclip_forward(clip.visual, pixels, pos, -100.0, range(8, 11))
+    tokens, evidence, _ = tagclip_forward(clip.visual, pixels, pos, -100.0, range(8, 11))
     # Recompute the per-block unmasked maps independently with torch's attention.
     x = embed_patches(clip.visual, pixels, pos)
     maps = []
@@ -118,3 +118,18 @@ def test_evidence_counts_votes_and_averages_refine_layers(clip):
     torch.testing.assert_close(evidence.refine_mean[0], stacked[8:11].mean(0), atol=1e-7, rtol=1e-6)
     assert tokens.shape == (1, 13, 64)
     torch.testing.assert_close(tokens.norm(dim=-1), torch.ones(1, 13))
+
+
+@torch.inference_mode()
+def test_global_embedding_is_open_clips_encode_image_from_the_same_forward(clip):
+    """At the pretrained resolution the embedding tagclip_forward adds equals open_clip's encode_image, and
+    asking for it changes neither the tokens nor the evidence."""
+    pixels = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(5))
+    pos = clip.visual.positional_embedding
+    plain_tokens, plain_evidence, none = tagclip_forward(clip.visual, pixels, pos, -100.0, range(8, 11))
+    tokens, evidence, embedding = tagclip_forward(clip.visual, pixels, pos, -100.0, range(8, 11), True)
+    assert none is None
+    torch.testing.assert_close(embedding, clip.model.encode_image(pixels, normalize=True), atol=1e-6, rtol=1e-5)
+    assert torch.equal(tokens, plain_tokens)
+    assert torch.equal(evidence.vote_count, plain_evidence.vote_count)
+    assert torch.equal(evidence.refine_mean, plain_evidence.refine_mean)
