@@ -82,7 +82,8 @@ class ModelMismatchError(BackendError):
 
 
 class ImageFetchError(BackendError):
-    """An image of a task cannot be fetched; that task gets an empty result."""
+    """An image of a task cannot be fetched, for good (not found, too large, refused by policy): that task gets an
+    empty result. Failures that may pass are DownloadUnavailableError."""
 
 
 class ImageSourceError(ImageFetchError):
@@ -101,7 +102,13 @@ class DownloadTooLargeError(DownloadError):
     """The image is larger than MAX_DOWNLOAD_BYTES."""
 
 
-class LabelStudioAuthError(DownloadError):
+class DownloadUnavailableError(DownloadError):
+    """The download failed for a reason that may pass: a timeout, a refused connection or failed DNS lookup, a
+    broken-off body, HTTP 5xx, 429, 408, or 401/403 (a revoked or disabled key). The task is predicted again later,
+    never stored empty."""
+
+
+class LabelStudioAuthError(DownloadUnavailableError):
     """Label Studio refused the key (legacy token disabled, wrong key, PAT refresh failed)."""
 
 
@@ -124,6 +131,11 @@ class MemoryUnavailableError(ServiceUnavailableError):
 
 class LearningError(BackendError):
     """A learning job cannot run: a malformed payload, or a project whose memory cannot be built."""
+
+
+class WriteInDoubtError(LabelStudioAPIError):
+    """Label Studio did not confirm a bulk write, nor show its predictions, within the chunk's retries: the tasks
+    stay claimed and in doubt, and the chunk's next run asks Label Studio again before writing anything."""
 
 
 class QueueRequiredError(ServiceUnavailableError):

@@ -1,6 +1,11 @@
 """Fetch task images: relative Label Studio URLs, plain http(s) URLs, and cloud URIs through Label
 Studio's resolve (presign) endpoint. Bounded in size and time. No torch here; the worker calls it.
 
+Failures that may pass (a timeout, a refused connection or failed DNS lookup, a body that broke off, HTTP 5xx,
+408, 429, and 401/403 from a revoked or disabled key) raise DownloadUnavailableError: the task is predicted
+again later. The others (HTTP 404 and other 4xx, too large, refused by the address policy, an unsupported
+reference) raise the other ImageFetchErrors: they fail the same way every time.
+
 The Label Studio key (backend.labelstudio.auth) is only ever sent to the Label Studio origin, never to
 other hosts, nor after a redirect to one. Every hop of a download obeys backend.netpolicy: untrusted hosts must
 resolve to public addresses.
@@ -16,7 +21,14 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 import requests
 import urllib3
 
-from .errors import DownloadError, DownloadRefusedError, DownloadTooLargeError, ImageSourceError, LabelStudioAuthError
+from .errors import (
+    DownloadError,
+    DownloadRefusedError,
+    DownloadTooLargeError,
+    DownloadUnavailableError,
+    ImageSourceError,
+    LabelStudioAuthError,
+)
 from .labelstudio.auth import LabelStudioAuth, Source, is_jwt, origin
 from .netpolicy import REFUSED, AddressPolicy, GuardedSessions, is_refusal
 from .redaction import scrub
@@ -27,6 +39,10 @@ CLOUD_SCHEMES = ("s3", "gs", "azure-blob", "azure-spi")
 RESOLVE_PATH = "/tasks/{task_id}/resolve/?fileuri={fileuri}"
 MAX_REDIRECTS = 3
 _CHUNK = 64 * 1024
+# HTTP statuses below 500 that may pass: a timeout, rate limiting, a key that was revoked or disabled.
+TRANSIENT_STATUSES = frozenset({401, 403, 408, 429})
+# Request failures that may pass: no connection (refused, DNS), no answer in time, a body that broke off.
+_TRANSIENT_REQUEST_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 
 
 @dataclass(frozen=True)
@@ -97,7 +113,7 @@ class ImageFetcher:
         for _ in range(MAX_REDIRECTS + 1):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise DownloadError(f"GET {redact(url)} timed out after {self._limits.timeout:g} s")
+                raise DownloadUnavailableError(f"GET {redact(url)} timed out after {self._limits.timeout:g} s")
             try:
                 response = self._sessions.for_url(url).get(
                     url,
@@ -109,7 +125,8 @@ class ImageFetcher:
             except requests.RequestException as e:
                 if is_refusal(e):
                     raise DownloadRefusedError(f"GET {redact(url)} {REFUSED}") from e
-                raise DownloadError(f"GET {redact(url)} failed: {type(e).__name__}: {scrub(str(e))}") from e
+                error = DownloadUnavailableError if isinstance(e, _TRANSIENT_REQUEST_ERRORS) else DownloadError
+                raise error(f"GET {redact(url)} failed: {type(e).__name__}: {scrub(str(e))}") from e
             with response:
                 if response.is_redirect:
                     location = response.headers.get("Location", "")
@@ -118,9 +135,7 @@ class ImageFetcher:
                     url = urljoin(url, location)
                     continue
                 if response.status_code != 200:
-                    error = DownloadError(f"GET {redact(url)} answered HTTP {response.status_code}")
-                    error.status = response.status_code  # type: ignore[attr-defined]
-                    raise error
+                    raise _status_error(url, response.status_code)
                 return self._read_body(response, url, deadline)
         raise DownloadError(f"GET {redact(url)}: more than {MAX_REDIRECTS} redirects")
 
@@ -141,12 +156,20 @@ class ImageFetcher:
                 if len(body) > limit:
                     raise DownloadTooLargeError(f"{redact(url)} is over MAX_DOWNLOAD_BYTES={limit}")
                 if time.monotonic() > deadline:
-                    raise DownloadError(f"GET {redact(url)} timed out after {self._limits.timeout:g} s")
+                    raise DownloadUnavailableError(f"GET {redact(url)} timed out after {self._limits.timeout:g} s")
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
-            raise DownloadError(f"GET {redact(url)} broke off: {type(e).__name__}: {scrub(str(e))}") from e
+            raise DownloadUnavailableError(f"GET {redact(url)} broke off: {type(e).__name__}: {scrub(str(e))}") from e
         if not body:
             raise DownloadError(f"GET {redact(url)} returned an empty body")
         return bytes(body)
+
+
+def _status_error(url: str, status: int) -> DownloadError:
+    """The error of a download answered with `status` (not 200), carrying it as `status`."""
+    transient = status >= 500 or status in TRANSIENT_STATUSES
+    error = (DownloadUnavailableError if transient else DownloadError)(f"GET {redact(url)} answered HTTP {status}")
+    error.status = status  # type: ignore[attr-defined]
+    return error
 
 
 def make_fetcher(

@@ -28,7 +28,17 @@ from dataclasses import dataclass
 from .labelstudio.auth import origin_id
 
 # The parts of a bulk job's state besides its main hash (backend.bulk.state says what each holds).
-BULK_JOB_PARTS = ("tasks", "done", "recovered", "failed", "chunks", "progress", "cancelled", "credential")
+BULK_JOB_PARTS = (
+    "tasks",
+    "done",
+    "recovered",
+    "failed",
+    "elsewhere",
+    "chunks",
+    "progress",
+    "cancelled",
+    "credential",
+)
 
 
 @dataclass(frozen=True)

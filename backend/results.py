@@ -5,6 +5,11 @@ here: the converters make the regions, label-studio-sdk validates them against t
 
 A task's worker output (backend.contracts.predict) is `{"index", "outputs": {control: ...}}`, or
 `{"index", "error": str, "kind": str}` when its image could not be fetched, decoded or predicted.
+
+A failure is permanent (the same task fails the same way next time: not an image, HTTP 404, too large, refused
+by the address policy) or transient (`UNAVAILABLE`: a download timeout, HTTP 5xx or 429, 401/403 from a revoked
+or disabled key, a refused connection, a failed DNS lookup): /predict stores an empty prediction only for the
+first kind, and bulk chunks retry the second.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ from .converters.base import prediction_score
 from .resolve import Resolution
 
 MISSING = "missing"  # failure kind: the worker returned no entry for the task
+UNAVAILABLE = "unavailable"  # failure kind: the image could not be fetched for a reason that may pass
+# Failure kinds worth trying again later (the others fail the same way every time).
+TRANSIENT_KINDS = frozenset({UNAVAILABLE, MISSING})
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,11 @@ class TaskResult:
     @property
     def failed(self) -> bool:
         return self.prediction is None
+
+    @property
+    def transient(self) -> bool:
+        """Failed for a reason that may pass: predict it again later, never store it empty."""
+        return self.failed and self.kind in TRANSIENT_KINDS
 
 
 def task_result(output: Mapping[str, Any] | None, resolution: Resolution) -> TaskResult:

@@ -81,6 +81,15 @@ class Settings:
     # Legacy token or personal access token (JWT) of LABEL_STUDIO_URL's Label Studio, sent nowhere else; overrides
     # the token /setup sends. Needs LABEL_STUDIO_URL.
     label_studio_api_key: str | None = None
+    # Seconds for one Label Studio REST call of the bulk path (listing, write-back, checks, /jobs): a call not
+    # answered by then counts as unanswered.
+    label_studio_timeout: float = 120.0
+    # Seconds after LABEL_STUDIO_TIMEOUT that an unanswered bulk write (a timeout, a 5xx, a reset connection) may
+    # still land in Label Studio: until then its chunk asks Label Studio and does not write those tasks again.
+    write_settle_timeout: float = 240.0
+    # Seconds a bulk chunk keeps retrying, with backoff, a Label Studio that fails and images whose download failed
+    # for a reason that may pass (timeout, HTTP 5xx/429, 401/403, refused connection); then they are reported failed.
+    transient_retry_time: float = 120.0
 
     # --- images ---
     # Largest image download in bytes.
@@ -155,8 +164,10 @@ class Settings:
                 raise SettingsError(f"{name.upper()} must be positive, got {getattr(self, name)}")
         if self.job_retries < 0:
             raise SettingsError(f"JOB_RETRIES must be >= 0, got {self.job_retries}")
-        if self.worker_heartbeat <= 0 or self.download_timeout <= 0:
-            raise SettingsError("WORKER_HEARTBEAT and DOWNLOAD_TIMEOUT must be positive")
+        if self.worker_heartbeat <= 0 or self.download_timeout <= 0 or self.label_studio_timeout <= 0:
+            raise SettingsError("WORKER_HEARTBEAT, DOWNLOAD_TIMEOUT and LABEL_STUDIO_TIMEOUT must be positive")
+        if self.write_settle_timeout < 0 or self.transient_retry_time < 0:
+            raise SettingsError("WRITE_SETTLE_TIMEOUT and TRANSIENT_RETRY_TIME must be >= 0")
         if self.server_threads <= RESERVED_THREADS:
             raise SettingsError(
                 f"SERVER_THREADS must be more than the {RESERVED_THREADS} kept for /health and /setup, got "
@@ -252,6 +263,9 @@ ENV_VARS: dict[str, str] = {
     "embedded_threads": "EMBEDDED_THREADS",
     "label_studio_url": "LABEL_STUDIO_URL",
     "label_studio_api_key": "LABEL_STUDIO_API_KEY",
+    "label_studio_timeout": "LABEL_STUDIO_TIMEOUT",
+    "write_settle_timeout": "WRITE_SETTLE_TIMEOUT",
+    "transient_retry_time": "TRANSIENT_RETRY_TIME",
     "max_download_bytes": "MAX_DOWNLOAD_BYTES",
     "download_timeout": "DOWNLOAD_TIMEOUT",
     "max_image_pixels": "MAX_IMAGE_PIXELS",

@@ -2,7 +2,8 @@
 
 Lists the project's tasks (all, a Data Manager view, or a filter) that have no prediction of the current
 model_version, enqueues them in chunks on the workers' Redis, and follows the job with a progress bar
-until every task is done or failed. Workers write the predictions to Label Studio. Rerunning is safe:
+until every task is done or failed and a worker has checked one prediction per task in Label Studio (the job's
+final check). Workers write the predictions to Label Studio. Rerunning is safe:
 while a job runs, a rerun attaches to it; after it ends, a rerun finds only tasks still without a
 prediction. Ctrl-C stops following, not the job; `--cancel` stops the job (waiting chunks are dropped,
 running ones finish, a rerun resumes). `--retry-failed` enqueues the last job's failed tasks alone.
@@ -60,7 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--job", help="with --retry-failed or --cancel: the job id (default: the project's latest)")
     parser.add_argument("--no-wait", action="store_true", help="enqueue and exit; follow with GET /jobs/<id>")
-    parser.add_argument("--no-verify", action="store_true", help="skip the final one-prediction-per-task check")
+    parser.add_argument(
+        "--no-verify", action="store_true", help="a new job skips its final one-prediction-per-task check"
+    )
     parser.add_argument("--json", action="store_true", help="print the final status as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -105,6 +108,7 @@ def _run(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size or DEFAULT_CHUNK_SIZE,
         write=args.write,
         max_tasks=args.max_tasks,
+        verify=not args.no_verify,
     )
     try:
         if args.cancel:
@@ -127,11 +131,6 @@ def _run(args: argparse.Namespace) -> int:
     if status["state"] == "cancelled" or args.cancel:  # BulkState.CANCELLED
         _report(status, args.json)
         return 0 if args.cancel else EXIT_CANCELLED
-    if not args.no_verify:
-        from backend.bulk.status import job_status
-
-        verify = _verify(client, planner, job)
-        status = {**job_status(planner.store, queue, job), "verify": verify}
     _report(status, args.json)
     return EXIT_FAILED_TASKS if status["failed"] else 0
 
@@ -222,13 +221,6 @@ def follow(planner: Any, queue: Any, job: str, quiet: bool = False) -> dict[str,
             status = job_status(planner.store, queue, job)
 
 
-def _verify(client: Any, planner: Any, job: str) -> dict[str, Any]:
-    from backend.bulk.verify import verify_job
-
-    report = verify_job(client, planner.store, job)
-    return dataclasses.asdict(report)
-
-
 def _report(status: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(status, indent=2))
@@ -245,10 +237,13 @@ def _report(status: dict[str, Any], as_json: bool) -> None:
             f"{figures['store_s_per_task'] * 1000:.1f} ms per task"
         )
     verify = status.get("verify")
-    if verify:
+    if verify and verify.get("error"):
+        print(f"not verified: {verify['error']}")
+    elif verify:
         print(
             f"verified: {verify['with_prediction']} of {verify['tasks']} task(s) have one prediction of the version; "
             f"{verify['duplicates_removed']} duplicate(s) removed, {len(verify['missing'])} missing"
+            + (f", {len(verify['found'])} found after all" if verify.get("found") else "")
         )
     failed = status.get("failed_tasks") or []
     for entry in failed[:FAILED_SHOWN]:

@@ -30,7 +30,8 @@ def studio_client(args: argparse.Namespace, settings: Any = None):
 
     settings = settings or Settings.from_env()
     return LabelStudioClient(
-        Source(url=args.url or settings.label_studio_url, api_key=args.api_key or settings.label_studio_api_key)
+        Source(url=args.url or settings.label_studio_url, api_key=args.api_key or settings.label_studio_api_key),
+        timeout=settings.label_studio_timeout,
     )
 
 

@@ -28,10 +28,11 @@ from backend.contracts.predict import SCHEMA, ChunkSpec, ControlSpec, TaskRef, p
 from backend.contracts.source import resolve_source
 from backend.converters import ControlOutput
 from backend.converters.base import choose_labels
-from backend.errors import ImageFetchError, ModelMismatchError
+from backend.errors import DownloadUnavailableError, ImageFetchError, ModelMismatchError
 from backend.fetch import redact
 from backend.memory.cache import image_digest
 from backend.redaction import scrub
+from backend.results import UNAVAILABLE
 from tagclip_core.errors import ImageLoadError, TagCLIPError
 from tagclip_core.images import load_image
 from tagclip_core.masks import coarse_masks
@@ -110,7 +111,7 @@ def fetch_images(
         try:
             images[task.index] = futures[task.index].result()
         except ImageFetchError as e:
-            errors[task.index] = ("download", str(e))
+            errors[task.index] = (fetch_failure_kind(e), str(e))
         except ImageLoadError as e:
             errors[task.index] = ("image", str(e))
         except Exception as e:  # a bug in one task's path must not sink the chunk
@@ -119,6 +120,13 @@ def fetch_images(
     for index, (kind, message) in errors.items():
         log.warning("task index %d: %s error: %s", index, kind, message)
     return images, errors
+
+
+def fetch_failure_kind(error: ImageFetchError) -> str:
+    """The failure kind of a task whose image could not be fetched: UNAVAILABLE when the failure may pass (a
+    timeout, HTTP 5xx, a revoked or disabled key: the task is predicted again later, never stored empty),
+    "download" when it will fail the same way every time (not found, too large, refused by policy)."""
+    return UNAVAILABLE if isinstance(error, DownloadUnavailableError) else "download"
 
 
 def predict_controls(

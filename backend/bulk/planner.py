@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +38,7 @@ from ..settings import Settings
 from .ledger import Ledger
 from .maintenance import maintain_job
 from .state import BulkState, BulkStore
+from .timing import chunk_timeout
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,9 @@ class BulkRequest:
     # Take on at most this many new tasks (a trial run); None = all.
     max_tasks: int | None = None
     page_size: int = DEFAULT_PAGE_SIZE
+    # When the job ends, a worker checks in Label Studio that each of its tasks has exactly one prediction of
+    # the version (backend.bulk.verify).
+    verify: bool = True
 
     def __post_init__(self) -> None:
         if self.chunk_size <= 0 or self.page_size <= 0:
@@ -175,6 +178,9 @@ class BulkPlanner:
                 "chunk_size": request.chunk_size,
                 "queue": self.settings.queue_name,
                 "label_studio": self.client.base,
+                "source": json.dumps(self.source.to_json()),
+                "verify": int(request.verify),
+                "verify_timeout": chunk_timeout(self.settings),
                 "filters": json.dumps(list(prepared.filter_items)),
                 "memory_generation": json.dumps(prepared.resolved.memory_generation),
             }
@@ -199,7 +205,7 @@ class BulkPlanner:
         """List every matching task without a prediction of the version and enqueue the new ones; returns
         how many tasks this call enqueued. Marks the job listed when done."""
         request = prepared.request
-        self.store.set_fields(job, listed=0, listing_beat=time.time())
+        self.store.set_fields(job, listed=0, listing_beat=self.store.now())
         listed = enqueued = 0
         last_id = 0
         while request.max_tasks is None or enqueued < request.max_tasks:
@@ -222,12 +228,12 @@ class BulkPlanner:
             if request.max_tasks is not None:
                 page = page[: request.max_tasks - enqueued]
             enqueued += self.enqueue_tasks(job, prepared, page)
-            self.store.set_fields(job, listing_beat=time.time())
+            self.store.set_fields(job, listing_beat=self.store.now())
             if on_progress is not None:
                 on_progress(listed, enqueued)
             if len(page) < request.page_size or self.store.cancelled_at(job) is not None:
                 break
-        self.store.set_fields(job, listed=1, listing_beat=time.time())
+        self.store.set_fields(job, listed=1, listing_beat=self.store.now())
         self.store.touch(job)
         return enqueued
 
@@ -351,7 +357,7 @@ class BulkPlanner:
             JOB_FUNCTION,
             args=(build_payload(chunk),),
             job_id=rq_id,
-            timeout=self.settings.job_timeout,
+            timeout=chunk_timeout(self.settings),
             result_ttl=RESULT_TTL,
             failure_ttl=FAILURE_TTL,
             retry=Retry(max=retries) if retries else None,

@@ -1,12 +1,17 @@
 """A bulk job's state in Redis, shared by the CLI, the backend and the workers (key names: backend.keys).
 
-    tagclip:<queue>:bulk:job:<id>             hash: project, label_studio (its URL), model_version, label_config,
-                                              extra_params, write, chunk_size, created_at, listed, listing_beat,
-                                              started_at, finished_at, predict_seconds, write_seconds, written
+    tagclip:<queue>:bulk:job:<id>             hash: project, label_studio (its URL), source (how workers find its
+                                              key), model_version, label_config, extra_params, write, chunk_size,
+                                              verify ("0": no final check), created_at, listed, listing_beat,
+                                              started_at, finished_at, predict_seconds, write_seconds, written,
+                                              transient_since, verify_rq (the final check's RQ job), verified
+                                              (its report, JSON)
     tagclip:<queue>:bulk:job:<id>:tasks       set: every task the job took on
     tagclip:<queue>:bulk:job:<id>:done        set: tasks that have their prediction (written or found)
     tagclip:<queue>:bulk:job:<id>:recovered   set: the done tasks whose prediction was found in Label Studio
     tagclip:<queue>:bulk:job:<id>:failed      hash: task -> reason (cleared when the task is done later)
+    tagclip:<queue>:bulk:job:<id>:elsewhere   hash: task -> the worker writing it for another chunk (in progress
+                                              until maintenance finds it done, or its writer gone)
     tagclip:<queue>:bulk:job:<id>:chunks      hash: RQ job id -> JSON task ids, for chunks not yet settled
     tagclip:<queue>:bulk:job:<id>:progress    list: "<unix time> <tasks finished>" per chunk, newest first
     tagclip:<queue>:bulk:job:<id>:cancelled   the unix time the job was cancelled (absent: not cancelled)
@@ -16,13 +21,13 @@
     tagclip:<queue>:bulk:active:<studio>:<project>:<version>   the job taking on new tasks for this project/version
     tagclip:<queue>:bulk:latest:<studio>:<project>:<version>   the newest job (for --retry-failed)
 
-Every other key expires STATE_TTL after the job's last planner write.
+Every other key expires STATE_TTL after the job's last planner write. Times are the Redis server's
+(backend.servertime): every host reads and writes the same clock.
 """
 
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from enum import Enum
@@ -33,6 +38,7 @@ from redis.client import Pipeline
 
 from ..errors import BulkJobNotFoundError
 from ..keys import ProjectRef, RedisKeys
+from ..servertime import server_now
 
 # Job state is kept this long after the planner last touched it.
 STATE_TTL = 30 * 24 * 3600
@@ -47,8 +53,9 @@ class BulkState(str, Enum):
 
     LISTING = "listing"  # the planner is listing tasks and enqueueing chunks
     INTERRUPTED = "interrupted"  # the planner stopped before listing everything (rerun to resume)
-    RUNNING = "running"  # listed; chunks are queued or running
-    DONE = "done"  # listed, and every chunk has ended
+    RUNNING = "running"  # listed; chunks are queued or running, or another worker is writing some of its tasks
+    VERIFYING = "verifying"  # every chunk has ended; a worker checks one prediction per task in Label Studio
+    DONE = "done"  # listed, every chunk has ended, and the final check (unless switched off) is done
     CANCELLING = "cancelling"  # cancelled; chunks a worker had started are finishing
     CANCELLED = "cancelled"  # cancelled, and no chunk runs any more
 
@@ -91,6 +98,10 @@ class BulkStore:
     def queue_name(self) -> str:
         return self.keys.queue
 
+    def now(self) -> float:
+        """The Redis server's time: every timestamp of a job's state is on it."""
+        return server_now(self.redis)
+
     # --- keys ---
     def job_key(self, job: str, part: str = "") -> str:
         return self.keys.bulk_job(job, part)
@@ -109,7 +120,7 @@ class BulkStore:
         """A new job (hash fields as given, plus id and created_at); returns its id."""
         job = new_job_id()
         values = {k: v if isinstance(v, (str, int, float)) else json.dumps(v) for k, v in fields.items()}
-        values.update({"id": job, "created_at": time.time(), "listed": 0})
+        values.update({"id": job, "created_at": self.now(), "listed": 0})
         with self.redis.pipeline() as pipe:
             pipe.hset(self.job_key(job), mapping=values)
             pipe.expire(self.job_key(job), STATE_TTL)
@@ -162,7 +173,7 @@ class BulkStore:
 
     def mark_cancelled(self, job: str) -> None:
         """The job takes on no more tasks and its workers skip the chunks they have not started."""
-        self.redis.set(self.job_key(job, "cancelled"), time.time(), nx=True, ex=STATE_TTL)
+        self.redis.set(self.job_key(job, "cancelled"), self.now(), nx=True, ex=STATE_TTL)
 
     def cancelled_at(self, job: str) -> float | None:
         value = self.redis.get(self.job_key(job, "cancelled"))
@@ -211,8 +222,9 @@ class BulkStore:
         pipe.sadd(self.job_key(job, "tasks"), *ids)
         pipe.hdel(self.job_key(job, "failed"), *ids)
         pipe.hset(self.job_key(job, "chunks"), mapping={k: json.dumps(list(v)) for k, v in chunks.items()})
-        pipe.hdel(self.job_key(job), "finished_at")
-        pipe.sadd(self.keys.bulk_live, job)  # a retry brings an ended job back to life
+        # A retry brings an ended job back to life, and its final check runs again.
+        pipe.hdel(self.job_key(job), "finished_at", "verify_rq", "verified")
+        pipe.sadd(self.keys.bulk_live, job)
         self.touch(job, pipe)
 
     def live_chunks(self, job: str) -> dict[str, list[int]]:
@@ -261,7 +273,17 @@ class BulkStore:
 
     # --- chunk outcomes (workers) ---
     def chunk_started(self, job: str) -> None:
-        self.redis.hsetnx(self.job_key(job), "started_at", time.time())
+        self.redis.hsetnx(self.job_key(job), "started_at", self.now())
+
+    def transient_since(self, job: str) -> float:
+        """When the job's chunks began to meet failures that may pass (Label Studio or image hosts failing): now,
+        unless an earlier chunk already did. Chunks stop retrying TRANSIENT_RETRY_TIME after it."""
+        self.redis.hsetnx(self.job_key(job), "transient_since", self.now())
+        return float(_text(self.redis.hget(self.job_key(job), "transient_since")))
+
+    def clear_transient(self, job: str) -> None:
+        """A chunk got through without such failures: the next ones get their whole retry time again."""
+        self.redis.hdel(self.job_key(job), "transient_since")
 
     def record_chunk(
         self,
@@ -273,9 +295,11 @@ class BulkStore:
         write_seconds: float,
         store_seconds: float = 0.0,
         methods: Mapping[str, tuple[int, float]] | None = None,
+        elsewhere: Mapping[int, str] | None = None,
     ) -> None:
-        """A chunk's outcome, in one transaction: done and failed tasks, timings, a progress entry."""
-        now = time.time()
+        """A chunk's outcome, in one transaction: done and failed tasks, tasks another worker is writing, timings,
+        a progress entry."""
+        now = self.now()
         done = list(written) + list(recovered)
         with self.redis.pipeline() as pipe:
             if done:
@@ -285,6 +309,10 @@ class BulkStore:
                 pipe.sadd(self.job_key(job, "recovered"), *recovered)
             if failed:
                 pipe.hset(self.job_key(job, "failed"), mapping={str(k): v for k, v in failed.items()})
+            if done or failed:
+                pipe.hdel(self.job_key(job, "elsewhere"), *done, *failed)
+            if elsewhere:
+                pipe.hset(self.job_key(job, "elsewhere"), mapping={str(k): v for k, v in elsewhere.items()})
             pipe.hincrbyfloat(self.job_key(job), "predict_seconds", predict_seconds)
             pipe.hincrbyfloat(self.job_key(job), "write_seconds", write_seconds)
             pipe.hincrbyfloat(self.job_key(job), "store_seconds", store_seconds)
@@ -293,9 +321,15 @@ class BulkStore:
                 pipe.hincrby(self.job_key(job), f"written_{method}", stored)
             pipe.hincrby(self.job_key(job), "written", len(written))
             pipe.hset(self.job_key(job), "last_progress_at", now)
-            pipe.lpush(self.job_key(job, "progress"), f"{now:.3f} {len(done) + len(failed)}")
+            if done or failed:
+                pipe.lpush(self.job_key(job, "progress"), f"{now:.3f} {len(done) + len(failed)}")
             pipe.ltrim(self.job_key(job, "progress"), 0, PROGRESS_ENTRIES - 1)
             pipe.execute()
+
+    def elsewhere(self, job: str) -> dict[int, str]:
+        """Tasks of the job another worker is writing (for another chunk), with that worker."""
+        raw = self.redis.hgetall(self.job_key(job, "elsewhere"))
+        return {int(_text(k)): _text(v) for k, v in raw.items()}
 
     # --- counts ---
     def counts(self, job: str) -> dict[str, int]:

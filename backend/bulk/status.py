@@ -7,11 +7,16 @@ failed with the chunk's error, so a status is exact whether or not maintenance h
 
 A cancelled job (backend.bulk.cancel) is "cancelling" while chunks a worker had started run, then
 "cancelled"; its tasks that will not run are counted as `cancelled`, not failed.
+
+Tasks another worker is writing for another chunk (their claims were held when this job's chunk came to them)
+count as running until maintenance finds them done or their writer gone; a job is "running" while there are
+any. Once every chunk has ended, the job is "verifying" while a worker checks that each task has exactly one
+prediction of the version (backend.bulk.verify), then "done" with that check's report as `verify`.
 """
 
 from __future__ import annotations
 
-import time
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,37 +94,51 @@ def read_chunks(store: BulkStore, queue: Queue, job: str, cancelled: bool) -> Ch
     return view
 
 
-def job_state(info: Mapping[str, str], chunks: ChunkView, cancelled: bool, now: float) -> BulkState:
+def job_state(info: Mapping[str, str], chunks: ChunkView, cancelled: bool, now: float, elsewhere: int = 0) -> BulkState:
+    """`elsewhere`: tasks of the job another worker is still writing."""
     if cancelled:
         return BulkState.CANCELLING if chunks.live else BulkState.CANCELLED
     if info.get("listed") != "1":
         beat = float(info.get("listing_beat") or info.get("created_at") or now)
         return BulkState.LISTING if now - beat < LISTING_STALE_SECONDS else BulkState.INTERRUPTED
-    return BulkState.RUNNING if chunks.live else BulkState.DONE
+    if chunks.live or elsewhere:
+        return BulkState.RUNNING
+    if info.get("verify", "1") != "0" and not info.get("verified"):
+        return BulkState.VERIFYING
+    return BulkState.DONE
+
+
+def written_elsewhere(store: BulkStore, job: str, failed: Mapping[int, str]) -> list[int]:
+    """The job's tasks another worker is still writing (neither done nor failed yet)."""
+    elsewhere = [t for t in store.elsewhere(job) if t not in failed]
+    return [t for t, done in zip(elsewhere, store.done_among(job, elsewhere), strict=True) if not done]
 
 
 def current_state(store: BulkStore, queue: Queue, job: str, now: float | None = None) -> BulkState:
     """Where bulk job `job` stands now (raises BulkJobNotFoundError for an unknown id)."""
     info = store.info(job)
     cancelled = store.cancelled_at(job) is not None
-    return job_state(info, read_chunks(store, queue, job, cancelled), cancelled, time.time() if now is None else now)
+    chunks = read_chunks(store, queue, job, cancelled)
+    elsewhere = len(written_elsewhere(store, job, {**chunks.failed_tasks, **store.failed(job)}))
+    return job_state(info, chunks, cancelled, store.now() if now is None else now, elsewhere)
 
 
 def job_status(store: BulkStore, queue: Queue, job: str, now: float | None = None) -> dict[str, Any]:
     """The status of bulk job `job` (raises BulkJobNotFoundError for an unknown id)."""
-    now = time.time() if now is None else now
+    now = store.now() if now is None else now
     info = store.info(job)
     cancelled_at = store.cancelled_at(job)
     chunks = read_chunks(store, queue, job, cancelled=cancelled_at is not None)
     counts = store.counts(job)
     failed = {**chunks.failed_tasks, **store.failed(job)}
+    elsewhere = written_elsewhere(store, job, failed)
     total = counts["tasks"]
     finished = counts["done"] + len(failed)
     remaining = max(0, total - finished)
-    running = min(remaining, chunks.running_tasks)
+    running = min(remaining, chunks.running_tasks + len(elsewhere))
     # A cancelled job's tasks that are neither finished nor running will not run.
     cancelled = remaining - running if cancelled_at is not None else 0
-    state = job_state(info, chunks, cancelled_at is not None, now)
+    state = job_state(info, chunks, cancelled_at is not None, now, len(elsewhere))
     if state in (BulkState.DONE, BulkState.CANCELLED) and not info.get("finished_at"):
         info = {**info, "finished_at": str(float(info.get("last_progress_at") or now))}
     rate = _rate(store.progress(job), info, now)
@@ -157,19 +176,20 @@ def job_status(store: BulkStore, queue: Queue, job: str, now: float | None = Non
         "created_at": float(info["created_at"]),
         "finished_at": float(info["finished_at"]) if info.get("finished_at") else None,
         "cancelled_at": cancelled_at,
+        "verify": json.loads(info["verified"]) if info.get("verified") else None,
     }
 
 
-def failure_text(queue: Queue, rq_id: str, status: str | None) -> str:
-    """Why a chunk's RQ job failed: the last line of its exception, or its status."""
+def failure_text(queue: Queue, rq_id: str, status: str | None, what: str = "chunk") -> str:
+    """Why a chunk's (or `what`'s) RQ job failed: the last line of its exception, or its status."""
     if status is None:
-        return f"chunk {rq_id} vanished from Redis"
+        return f"{what} {rq_id} vanished from Redis"
     try:
         result = Job.fetch(rq_id, connection=queue.connection, serializer=queue.serializer).latest_result()
         lines = (result.exc_string or "").strip().splitlines() if result is not None else []
     except Exception:  # the job's data may have expired; the status alone still explains it
         lines = []
-    return scrub(f"chunk {status} after its retries: {lines[-1] if lines else status}")
+    return scrub(f"{what} {status} after its retries: {lines[-1] if lines else status}")
 
 
 def _settled(info: Mapping[str, str], end: ChunkEnd) -> int:

@@ -10,7 +10,8 @@ JOB_FUNCTIONS lists, by dotted path, every function a worker runs: a job naming 
 from __future__ import annotations
 
 from .bulk import JOB_FUNCTION as BULK_JOB_FUNCTION
+from .bulk import VERIFY_FUNCTION as BULK_VERIFY_FUNCTION
 from .learn import LEARN_JOB_FUNCTIONS
 from .predict import JOB_FUNCTION as PREDICT_JOB_FUNCTION
 
-JOB_FUNCTIONS = frozenset({PREDICT_JOB_FUNCTION, BULK_JOB_FUNCTION, *LEARN_JOB_FUNCTIONS})
+JOB_FUNCTIONS = frozenset({PREDICT_JOB_FUNCTION, BULK_JOB_FUNCTION, BULK_VERIFY_FUNCTION, *LEARN_JOB_FUNCTIONS})

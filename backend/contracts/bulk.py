@@ -11,6 +11,10 @@ the planner's model_version names (workers predict with that generation's calibr
 
 The result is plain JSON too: {"schema": 1, "job": str, "worker": str, "written": [ids], "recovered": [ids],
 "elsewhere": [ids], "failed": {id: reason}, "seconds": {"predict": s, "write": s, "store": s}}.
+
+The final check of a job (backend.bulk.verify, run by a worker when every chunk has ended) is a job of its own:
+
+    {"schema": 1, "job": str, "queue": str}  ->  backend.bulk.verify.VerifyReport as JSON
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from .source import SourceRef
 SCHEMA = 1
 # The job function, by dotted path (the planner never imports it: no torch in the web process or CLI).
 JOB_FUNCTION = "worker.bulk.preannotate_chunk"
+VERIFY_FUNCTION = "worker.verify.verify_bulk_job"
 
 
 class WriteMethod(str, Enum):
@@ -119,6 +124,22 @@ def _generation(value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise PayloadError(f"bulk payload memory_generation must be an integer >= 0, got {value!r}")
     return value
+
+
+@dataclass(frozen=True)
+class VerifyRequest:
+    job: str
+    queue: str
+
+
+def build_verify_payload(request: VerifyRequest) -> dict[str, Any]:
+    return {"schema": SCHEMA, "job": request.job, "queue": request.queue}
+
+
+def parse_verify_payload(payload: Any) -> VerifyRequest:
+    if not isinstance(payload, Mapping) or payload.get("schema") != SCHEMA:
+        raise PayloadError(f"verify payload must be an object with schema {SCHEMA}, got {payload!r:.200}")
+    return VerifyRequest(job=_text(payload.get("job"), "job"), queue=_text(payload.get("queue"), "queue"))
 
 
 def _text(value: Any, field: str) -> str:

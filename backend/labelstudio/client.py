@@ -117,11 +117,14 @@ class LabelStudioClient:
         return self.request("PATCH", f"/api/projects/{project}", body={"label_config": label_config}).json()
 
     # --- tasks ---
-    def task_page(self, project: int, query: Mapping[str, Any], page_size: int) -> list[dict[str, Any]]:
-        """The first page of the Data Manager task list for `query` (filters, ordering, selectedItems)."""
+    def task_page(
+        self, project: int, query: Mapping[str, Any], page_size: int, fields: str = "task_only"
+    ) -> list[dict[str, Any]]:
+        """The first page of the Data Manager task list for `query` (filters, ordering, selectedItems); `fields`
+        "all" adds each task's predictions and annotations."""
         answer = self.get_json(
             "/api/tasks",
-            {"project": project, "query": json.dumps(query), "page": 1, "page_size": page_size, "fields": "task_only"},
+            {"project": project, "query": json.dumps(query), "page": 1, "page_size": page_size, "fields": fields},
         )
         tasks = answer.get("tasks", []) if isinstance(answer, dict) else answer
         return [t for t in tasks if isinstance(t, dict)]
@@ -175,6 +178,14 @@ class LabelStudioClient:
             "POST", f"/api/projects/{project}/import/predictions", body=[dict(i) for i in items], expect=(201,)
         )
         return int(response.json().get("created", 0))
+
+    def task_predictions(self, project: int, task_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+        """The predictions of the given tasks (those that still exist), in one Data Manager call."""
+        if not task_ids:
+            return {}
+        query = {"selectedItems": {"all": False, "included": list(task_ids)}, "ordering": ["tasks:id"]}
+        tasks = self.task_page(project, query, len(task_ids), fields="all")
+        return {int(t["id"]): [p for p in t.get("predictions") or [] if isinstance(p, dict)] for t in tasks}
 
     def predictions(self, project: int) -> list[dict[str, Any]]:
         answer = self.get_json("/api/predictions", {"project": project})

@@ -103,8 +103,13 @@ class BulkService:
                     "no Label Studio URL and key: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY on the backend, "
                     "or pass url and api_key"
                 )
-            return LabelStudioClient(Source(self.settings.label_studio_url, self.settings.label_studio_api_key))
-        client = LabelStudioClient(supplied, session=self.sessions.for_url(supplied.url or ""))
+            return LabelStudioClient(
+                Source(self.settings.label_studio_url, self.settings.label_studio_api_key),
+                timeout=self.settings.label_studio_timeout,
+            )
+        client = LabelStudioClient(
+            supplied, session=self.sessions.for_url(supplied.url or ""), timeout=self.settings.label_studio_timeout
+        )
         try:
             client.project(project)
         except LabelStudioAPIError as e:

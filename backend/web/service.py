@@ -2,10 +2,13 @@
 
 Per-task outcomes (one entry per task, by position, as Label Studio zips them):
 * ok: `{"result": [regions], "score": mean region score, "model_version": v}`;
-* failed for a reason of its own (unreadable image, download error): `{"result": [], "score": 0, ...}`,
-  stored by Label Studio so the task is not retried forever with the same version; reason logged;
-* not done by PREDICT_TIMEOUT, or its job failed as a whole: an entry without "result", which Label
-  Studio skips (one log line there), so the task is predicted again next time; reason logged here.
+* failed for good, for a reason of its own (not an image, HTTP 404, too large, refused by the address policy):
+  `{"result": [], "score": 0, ...}`, stored by Label Studio so the task is not retried forever with the same
+  version; reason logged;
+* failed for a reason that may pass (a download timeout, HTTP 5xx or 429, 401/403 from a revoked or disabled
+  key, a refused connection), not done by PREDICT_TIMEOUT, or its job failed as a whole: an entry without
+  "result", which Label Studio skips (one log line there), so the task is predicted again next time; reason
+  logged here.
 """
 
 from __future__ import annotations
@@ -184,6 +187,8 @@ class PredictionService:
         self, task: Mapping[str, Any], output: Mapping[str, Any] | None, resolution: Resolution
     ) -> dict[str, Any]:
         result = task_result(output, resolution)
+        if result.transient:
+            return self._unfinished(task, resolution.model_version, result.reason or result.kind, result.kind)
         if result.failed:
             log.warning("task %s: empty prediction: %s", task.get("id"), result.reason)
             self.metrics.tasks.labels("failed").inc()

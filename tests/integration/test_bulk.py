@@ -5,8 +5,8 @@
   exactly one prediction of the version; a third run writes nothing; failed tasks are listed with their
   reason and retried alone;
 * a worker killed after Label Studio stored its predictions but before it confirmed them: the next run
-  finds them there and does not write them again; the final check removes a duplicate;
-* the same over HTTP (POST /jobs, GET /jobs/<id>) with one POST per task;
+  finds them there and does not write them again; the final check (paged) removes a duplicate;
+* the same over HTTP (POST /jobs, GET /jobs/<id>) with one POST per task, verified by a worker at its end;
 * the export of reviewed annotations (tags and brush masks) and the report against numbers computed here.
 
 The 10,000-task version of the first scenario is test_bulk_scale.py (opt-in).
@@ -224,7 +224,7 @@ def test_predictions_stored_by_a_killed_worker_are_found_not_written_twice(label
     assert ledger.not_done(project.tasks) == []
     # A duplicate that slipped past (e.g. Label Studio's own /predict racing a worker) is removed, oldest kept.
     label_studio.api("POST", "/api/predictions", json={"task": landed[0], "result": [], "model_version": version})
-    report = verify_job(planner.client, planner.store, started.job)
+    report = verify_job(planner.client, planner.store, started.job, page_size=5)  # three pages
     assert report.duplicates_removed == 1 and report.with_prediction == 12 and report.missing == []
     assert [p["id"] for p in predictions_by_task(label_studio, project.id)[landed[0]]] == [stored_before[landed[0]]]
 
@@ -248,6 +248,8 @@ def test_jobs_over_http_with_one_post_per_task(label_studio, workers, artifacts)
     assert created.status_code == 202 and created.json()["attached"] is False
     first = follow(created.json()["id"])
     assert (first["total"], first["done"], first["written"], first["write"]) == (6, 6, 6, "single")
+    # A job started over HTTP is verified too, by a worker, when its chunks have ended.
+    assert first["verify"] == {"tasks": 6, "with_prediction": 6, "duplicates_removed": 0, "missing": [], "found": []}
     assert first["store_s_per_task"] > 0 and first["tasks_per_s"] > 0 and first["eta_s"] == 0
     rest = follow(requests.post(workers.url + "/jobs", json={"project": project.id, **keys}, timeout=30).json()["id"])
     assert rest["total"] == 4 and rest["written"] == 4

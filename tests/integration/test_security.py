@@ -115,7 +115,9 @@ def test_setup_hostname_never_receives_the_configured_key(keyed_stack, listener)
     """/setup names the listener as Label Studio; a relative image is still fetched from LABEL_STUDIO_URL."""
     task = {"id": 1, "data": {"image": "/data/upload/1/does-not-exist.png"}}
     answer = predict(keyed_stack, [task], hostname=listener.url, access_token="t").json()
-    assert answer["results"][0]["result"] == []  # a 404 from the real Label Studio: a failure of its own
+    # The real Label Studio answered (1.23 answers 500 for an unknown upload: no result, it is asked again later).
+    (result,) = answer["results"]
+    assert "result" not in result and f"{keyed_stack.env['LABEL_STUDIO_URL']}/data/upload/1/" in result["error"]
     assert listener.requests == []
 
 
@@ -163,7 +165,10 @@ def test_workers_run_only_the_projects_job_functions_and_no_callbacks(keyed_stac
 def test_signed_query_strings_stay_out_of_logs_and_failures(keyed_stack):
     url = f"https://no-such-host.invalid/bucket/img.png?{SIGNATURE}&X-Amz-Credential=AKIA"
     answer = predict(keyed_stack, [{"id": 3, "data": {"image": url}}]).json()
-    assert answer["results"][0]["result"] == []
+    (result,) = answer["results"]
+    # A failed DNS lookup may pass: no result (Label Studio asks again later), and no signature in the reason.
+    assert "result" not in result and "no-such-host.invalid/bucket/img.png" in result["error"]
+    assert "SECRET-SIGNATURE" not in json.dumps(answer) and "AKIA" not in json.dumps(answer)
     time.sleep(0.5)
     logs = keyed_stack.backend.log_path.read_text(errors="replace") + "".join(
         w.log_path.read_text(errors="replace") for w in keyed_stack.workers

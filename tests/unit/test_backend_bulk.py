@@ -131,3 +131,38 @@ print("ok")
     result = run_without_torch(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_backoff_grows_to_its_cap_with_jitter_that_never_falls_below_half():
+    import random
+
+    from backend.bulk.backoff import Backoff
+
+    backoff = Backoff(first=2.0, factor=2.0, cap=30.0)
+    rng = random.Random(0)
+    for attempt, step in enumerate([2, 4, 8, 16, 30, 30]):
+        delays = [backoff.delay(attempt, rng) for _ in range(200)]
+        assert step / 2 <= min(delays) and max(delays) <= step
+        assert max(delays) - min(delays) > step / 4  # jittered, not in lockstep
+
+
+def test_a_claim_outlives_the_slowest_call_and_a_chunk_outlives_its_waits():
+    from backend.bulk.timing import WriteTiming, chunk_timeout
+
+    settings = Settings.from_env({"LABEL_STUDIO_TIMEOUT": "10", "WRITE_SETTLE_TIMEOUT": "20", "JOB_TIMEOUT": "60"})
+    timing = WriteTiming.of(settings)
+    assert timing.doubt == 30 and timing.lease > timing.call_timeout and timing.renew_every < timing.lease / 2
+    assert chunk_timeout(settings) >= settings.job_timeout + timing.retry_time + 3 * timing.doubt
+    with pytest.raises(Exception, match="WRITE_SETTLE_TIMEOUT"):
+        Settings.from_env({"WRITE_SETTLE_TIMEOUT": "-1"})
+
+
+def test_the_final_check_is_a_job_function_workers_run():
+    from backend.contracts import JOB_FUNCTIONS
+    from backend.contracts.bulk import VERIFY_FUNCTION, VerifyRequest, build_verify_payload, parse_verify_payload
+
+    assert VERIFY_FUNCTION in JOB_FUNCTIONS
+    request = VerifyRequest("abc", "tagclip")
+    assert parse_verify_payload(build_verify_payload(request)) == request
+    with pytest.raises(PayloadError):
+        parse_verify_payload({"schema": 1, "job": ""})

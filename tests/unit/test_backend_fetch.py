@@ -9,7 +9,13 @@ import time
 
 import pytest
 
-from backend.errors import DownloadError, DownloadRefusedError, DownloadTooLargeError, ImageSourceError
+from backend.errors import (
+    DownloadError,
+    DownloadRefusedError,
+    DownloadTooLargeError,
+    DownloadUnavailableError,
+    ImageSourceError,
+)
 from backend.fetch import FetchLimits, ImageFetcher, make_fetcher, redact
 from backend.labelstudio.auth import Source, is_jwt, jwt_expiry
 from tests.fixtures.http_server import serve_directory
@@ -66,6 +72,39 @@ def test_errors_are_specific_and_name_the_url_without_query(server):
         fetcher().fetch("s3://bucket/key.png", 1, Source(None, None))
     with pytest.raises(DownloadError, match="failed: ConnectionError"):
         fetcher().fetch("http://127.0.0.1:9/x.png", 1, Source(None, None))
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 429, 408, 401, 403])
+def test_answers_that_may_pass_are_unavailable_not_failures_for_good(server, status):
+    with pytest.raises(DownloadUnavailableError, match=f"answered HTTP {status}"):
+        fetcher().fetch(f"{server.url}/status/{status}", 1, Source(None, None))
+
+
+@pytest.mark.parametrize("status", [404, 410, 400, 451])
+def test_answers_that_will_not_change_are_failures_for_good(server, status):
+    with pytest.raises(DownloadError, match=f"answered HTTP {status}") as raised:
+        fetcher().fetch(f"{server.url}/status/{status}", 1, Source(None, None))
+    assert not isinstance(raised.value, DownloadUnavailableError)
+
+
+def test_unreachable_hosts_and_timeouts_are_unavailable_policy_and_size_refusals_are_not(server):
+    server.put("big.png", b"x" * 20_000)
+    unavailable = [
+        "http://127.0.0.1:9/x.png",  # connection refused
+        "http://no-such-host.invalid/x.png",  # DNS lookup fails
+        server.url + "/slow",  # the body does not arrive in time
+    ]
+    for url in unavailable:
+        with pytest.raises(DownloadUnavailableError):
+            fetcher(max_bytes=10**7, timeout=1.0).fetch(url, 1, Source(None, None))
+    for url, error in [
+        (server.url + "/big.png", DownloadTooLargeError),
+        ("http://169.254.169.254/latest/meta-data", DownloadRefusedError),
+        ("file:///etc/passwd", ImageSourceError),
+    ]:
+        with pytest.raises(error) as raised:
+            fetcher().fetch(url, 1, Source(server.url, "k"))
+        assert not isinstance(raised.value, DownloadUnavailableError), url
 
 
 def test_cloud_uri_goes_through_label_studio_resolver(server):

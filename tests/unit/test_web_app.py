@@ -99,6 +99,27 @@ def test_predict_returns_valid_aligned_results_and_a_corrupt_image_costs_only_it
         assert result["score"] == pytest.approx(sum(r["score"] for r in result["result"]) / 2, abs=1e-6)
 
 
+def test_a_failure_that_may_pass_is_left_for_label_studio_to_retry_a_failure_for_good_is_stored_empty(client, images):
+    """HTTP 503, 401 (a disabled legacy token) and a refused connection: an entry without "result", which Label
+    Studio does not store, so it asks again later; HTTP 404: an empty prediction, stored so it is not asked again."""
+    version = setup(client, images)
+    tasks = [
+        {"id": 1, "data": {"image": "/status/503"}},
+        {"id": 2, "data": {"image": "/status/401"}},
+        {"id": 3, "data": {"image": "http://127.0.0.1:9/x.png"}},
+        {"id": 4, "data": {"image": "/missing.png"}},
+        {"id": 5, "data": {"image": "/img0.png"}},
+    ]
+    results = predict(client, tasks).json["results"]
+    for result, status in zip(results[:3], ("HTTP 503", "HTTP 401", "ConnectionError"), strict=True):
+        assert "result" not in result and result["model_version"] == version
+        assert result["error"].startswith("unavailable: ") and status in result["error"]
+    assert results[3] == {"result": [], "score": 0.0, "model_version": version}
+    assert len(results[4]["result"]) == 2
+    metrics = client.get("/metrics").text
+    assert 'tagclip_task_failures_total{reason="unavailable"} 3.0' in metrics
+
+
 def test_same_image_same_prediction(client, images):
     setup(client, images)
     a = predict(client, [{"id": 1, "data": {"image": "/img1.png"}}]).json["results"][0]

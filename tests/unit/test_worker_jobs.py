@@ -95,6 +95,20 @@ def test_a_failed_batch_is_predicted_again_image_by_image(tiny_runtime, server, 
     assert tasks[2]["kind"] == "engine" and "OutOfMemoryError" in tasks[2]["error"]
 
 
+def test_download_failures_that_may_pass_are_told_apart_from_failures_for_good(tiny_runtime, server):
+    refs = ["/status/503", "/status/401", "/status/429", "/missing.png", "/status/410", "/a.png"]
+    tasks = {t["index"]: t for t in tiny_runtime.run(predict_chunk, payload(tiny_runtime, server, refs))["tasks"]}
+    assert [tasks[i].get("kind") for i in range(len(refs))] == [
+        "unavailable",
+        "unavailable",
+        "unavailable",
+        "download",
+        "download",
+        None,
+    ]
+    assert "answered HTTP 503" in tasks[0]["error"] and "answered HTTP 404" in tasks[3]["error"]
+
+
 def test_malformed_payload_and_other_weights_raise(tiny_runtime, server):
     with pytest.raises(PayloadError, match="schema"):
         tiny_runtime.run(predict_chunk, {"tasks": []})
