@@ -90,7 +90,7 @@ class TextConfig:
     """The prompt-ensemble text classifier."""
 
     templates: tuple[str, ...] = TAGCLIP_TEMPLATES
-    # Prompts encoded per forward pass of the text tower.
+    # Texts encoded per forward pass of the text tower; a column's templates share forwards with no other prompt's.
     batch_size: int = 256
     # Keep classifiers on disk under the cache dir (keyed by model, prompts and templates).
     disk_cache: bool = True

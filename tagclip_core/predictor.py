@@ -105,10 +105,30 @@ class TagCLIP:
         softmax but are never reported; a background word equal to one of the prompts is dropped."""
         specs = as_class_specs(classes)
         prompts = [prompt for spec in specs for prompt in spec.prompts]
-        words = tuple(w for w in resolve_background(background) if w not in set(prompts))
+        words = _background_words(prompts, background)
         text = self._text.columns(prompts + list(words))
         owner = torch.tensor([i for i, spec in enumerate(specs) for _ in spec.prompts], device=text.device)
         self._classes = ClassTable(specs=specs, background=words, text=text, owner=owner)
+
+    def text_prompts(
+        self, classes: Iterable[str | ClassSpec], background: str | Sequence[str] | None = "voc"
+    ) -> list[str]:
+        """Every text whose classifier column `set_classes(classes, background)` needs, in its order."""
+        prompts = [prompt for spec in as_class_specs(classes) for prompt in spec.prompts]
+        return prompts + list(_background_words(prompts, background))
+
+    def uncached_prompts(self, prompts: Sequence[str]) -> list[str]:
+        """The prompts whose columns are neither in memory nor on disk (a file test each; nothing is built)."""
+        return [p for p in dict.fromkeys(prompts) if not self._text.is_cached(p)]
+
+    @torch.inference_mode()
+    def build_prompt(self, prompt: str) -> bool:
+        """Build and save one prompt's column unless it is cached; True when it was built. The unit of an
+        incremental build: a caller that shares the engine takes its lock around each call, not around a build."""
+        if self._text.is_cached(prompt):
+            return False
+        self._text.build(prompt)
+        return True
 
     @torch.inference_mode()
     def predict(
@@ -283,6 +303,12 @@ class TagCLIP:
 
 
 Images = Sequence[Image.Image | np.ndarray]
+
+
+def _background_words(prompts: Sequence[str], background: str | Sequence[str] | None) -> tuple[str, ...]:
+    """The background words of a softmax, without those equal to one of the prompts."""
+    taken = set(prompts)
+    return tuple(w for w in resolve_background(background) if w not in taken)
 
 
 def predict_each(

@@ -3,8 +3,13 @@
 One column per prompt: encode every template filled with the prompt, L2-normalise each, average,
 L2-normalise again (the reference's encode_text_with_prompt_ensemble). Speed without changing results:
 CLIP's text tower is causal and pools at the end-of-text token, so nothing after that token reaches
-the output; we run each batch only up to its longest prompt instead of the full 77-token context, and
-group prompts of similar length. Columns are cached in memory and on disk per (model, templates, prompt).
+the output; we run each forward only up to its longest text instead of the full 77-token context.
+
+One prompt per forward (its templates are the batch, as the reference encodes one class at a time), and each
+column saved to disk as soon as it is built: a build that is interrupted (a job timeout, a killed worker) keeps
+what it did and resumes where it stopped, and a column never depends on which other prompts were built with it,
+so a resumed build equals a cold one bit for bit. Columns are cached in memory and on disk per (model,
+templates, precision, prompt).
 """
 
 from __future__ import annotations
@@ -72,9 +77,8 @@ class TextClassifierCache:
 
     def columns(self, prompts: Sequence[str]) -> torch.Tensor:
         """Classifier matrix [len(prompts), E] (float32, on the model's device) for the prompts, in order."""
-        missing = [p for p in dict.fromkeys(prompts) if p not in self._memory and not self._load_from_disk(p)]
-        if missing:
-            self._build(missing)
+        for prompt in self.uncached(prompts):
+            self.build(prompt)
         for prompt in prompts:
             self._memory.move_to_end(prompt)
         matrix = torch.stack([self._memory[p] for p in prompts])
@@ -86,14 +90,26 @@ class TextClassifierCache:
         while len(self._memory) > self._config.max_cached_prompts:
             self._memory.popitem(last=False)
 
-    def _build(self, prompts: list[str]) -> None:
-        texts = [template.format(prompt) for prompt in prompts for template in self._config.templates]
-        device = self._model.positional_embedding.device
-        tokens = self._tokenizer(texts).to(device)
+    def uncached(self, prompts: Sequence[str]) -> list[str]:
+        """The prompts (deduplicated, in order) whose columns are neither in memory nor on disk; the ones found on
+        disk are loaded into memory."""
+        return [p for p in dict.fromkeys(prompts) if p not in self._memory and not self._load_from_disk(p)]
+
+    def is_cached(self, prompt: str) -> bool:
+        """True when the prompt's column is in memory or on disk (a file test: nothing is read)."""
+        path = self._disk_path(prompt)
+        return prompt in self._memory or (path is not None and path.is_file())
+
+    def build(self, prompt: str) -> torch.Tensor:
+        """Encode one prompt's templates in one forward, ensemble them into its column, keep it in memory and save
+        it to disk at once. Call under torch.inference_mode()."""
+        texts = [template.format(prompt) for template in self._config.templates]
+        tokens = self._tokenizer(texts).to(self._model.positional_embedding.device)
         embeddings = encode_prompts(self._model, tokens, self._config.batch_size)
-        for prompt, column in zip(prompts, ensemble_columns(embeddings, len(self._config.templates)), strict=True):
-            self._memory[prompt] = column
-            self._save_to_disk(prompt, column)
+        column = ensemble_columns(embeddings, len(self._config.templates))[0]
+        self._memory[prompt] = column
+        self._save_to_disk(prompt, column)
+        return column
 
     def _disk_path(self, prompt: str) -> Path | None:
         if self._disk_dir is None:

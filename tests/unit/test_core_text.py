@@ -97,3 +97,53 @@ def test_the_in_memory_columns_are_bounded(tmp_path):
     cache.columns(["car", "cat"])  # cat is used again: dog is now the least recent
     cache.columns(["tree"])
     assert list(cache._memory) == ["car", "cat", "tree"]
+
+
+class _InterruptedTextTower(torch.nn.Module):
+    """The real text tower, counting its forwards; it raises at forward number `stop_at` (a job timeout, a kill)."""
+
+    def __init__(self, tower: torch.nn.Module, stop_at: int | None = None):
+        super().__init__()
+        self.tower = tower
+        self.stop_at = stop_at
+        self.forwards = 0
+
+    def forward(self, *args, **kwargs):
+        self.forwards += 1
+        if self.forwards == self.stop_at:
+            raise KeyboardInterrupt("interrupted mid-build")
+        return self.tower(*args, **kwargs)
+
+
+PROMPTS = [f"{word} {n}" for n in range(3) for word in ("cat", "a very long and unusual potted plant name", "dog")]
+
+
+@torch.inference_mode()
+def test_a_build_interrupted_halfway_then_resumed_equals_a_cold_build_bit_for_bit(tiny_checkpoint, tmp_path):
+    """Each column is saved as it is built, one prompt per forward: an interrupted build keeps what it did, the
+    resumed one runs the text tower only for the rest, and every column equals a cold build's exactly (also one
+    built in another order, with other prompts around it)."""
+    cold = TextClassifierCache(*_parts(tiny_checkpoint), TextConfig(), tmp_path / "cold").columns(PROMPTS)
+
+    clip = load_clip(ModelSpec(checkpoint=str(tiny_checkpoint)))
+    tower = _InterruptedTextTower(clip.model.transformer, stop_at=len(PROMPTS) // 2 + 1)
+    clip.model.transformer = tower
+    with pytest.raises(KeyboardInterrupt):
+        TextClassifierCache(clip.model, clip.tokenizer, clip.model_id, TextConfig(), tmp_path / "warm").columns(PROMPTS)
+    assert len(list((tmp_path / "warm").rglob("*.pt"))) == len(PROMPTS) // 2
+
+    fresh = load_clip(ModelSpec(checkpoint=str(tiny_checkpoint)))
+    tower = _InterruptedTextTower(fresh.model.transformer)
+    fresh.model.transformer = tower
+    resumed = TextClassifierCache(fresh.model, fresh.tokenizer, fresh.model_id, TextConfig(), tmp_path / "warm")
+    assert torch.equal(resumed.columns(PROMPTS), cold)
+    assert tower.forwards == len(PROMPTS) - len(PROMPTS) // 2
+
+    shuffled = ["zebra", *reversed(PROMPTS)]
+    other = TextClassifierCache(*_parts(tiny_checkpoint), TextConfig(), tmp_path / "other").columns(shuffled)
+    assert torch.equal(other[1:].flip(0), cold)
+
+
+def _parts(checkpoint):
+    clip = load_clip(ModelSpec(checkpoint=str(checkpoint)))
+    return clip.model, clip.tokenizer, clip.model_id
