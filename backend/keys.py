@@ -18,6 +18,8 @@ tagclip:<queue>:memory:<project>:<part>   a project's memory of reviewed example
                                           parts in MEMORY_PARTS)
 tagclip:<queue>:image:<model>:<sha256>    an image's CLIP embedding and TagCLIP scores, cached (backend.memory.cache)
 tagclip:<queue>:learn:waiting:<key>       the learning job last submitted under a dedupe key (backend.web.dispatch)
+<queue>-vocab                             RQ queue of vocabulary builds (text classifier columns; after /predict)
+tagclip:<queue>:vocab:<vocabulary>        a vocabulary's build claim: its parts not yet done (backend.vocabulary)
 """
 
 from __future__ import annotations
@@ -84,6 +86,10 @@ class RedisKeys:
     def learn_queue(self) -> str:
         return f"{self.queue}-learn"
 
+    @property
+    def vocab_queue(self) -> str:
+        return f"{self.queue}-vocab"
+
     # --- the web process ---
     def project(self, project: str) -> str:
         return f"{self.prefix}:project:{project}"
@@ -140,6 +146,10 @@ class RedisKeys:
     def learn_waiting(self, dedupe: str) -> str:
         """The id of the learning job last submitted under a dedupe key (backend.web.dispatch)."""
         return f"{self.prefix}:learn:waiting:{dedupe}"
+
+    def vocabulary(self, vocabulary: str) -> str:
+        """A vocabulary's build claim (backend.vocabulary)."""
+        return f"{self.prefix}:vocab:{vocabulary}"
 
     def image_cache(self, model: str, image: str) -> str:
         return f"{self.prefix}:image:{model}:{image}"

@@ -40,6 +40,7 @@ from tagclip_core.types import ClassSpec, ImagePrediction, MaskMode, PredictionF
 
 from .memory import use_memory
 from .runtime import Runtime, current_runtime
+from .vocab import build_columns
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +154,11 @@ def predict_controls(
         todo = [i for i in indices if i not in known]
         if todo:
             batch = [images[i][control.data_key] for i in todo]
+            classes = _class_specs(control)
+            # Missing columns first, one lock hold each: a job timeout keeps what was built (worker.vocab).
+            build_columns(runtime, runtime.engine.text_prompts(classes, spec.background))
             with runtime.engine_lock:
-                runtime.engine.set_classes(_class_specs(control), background=spec.background)
+                runtime.engine.set_classes(classes, background=spec.background)
                 known.update(zip(todo, runtime.engine.predict_each(batch, embeddings=embeddings), strict=True))
         for index in indices:
             prediction = known[index]

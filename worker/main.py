@@ -155,12 +155,13 @@ def run_worker(settings: Settings, name: str | None = None, burst: bool = False)
             delay = 0.5
             keys = RedisKeys(settings.queue_name)
             queue = Queue(keys.predict_queue, connection=connection, serializer=JSONSerializer, job_class=ProjectJob)
-            # Learning jobs (the memory of reviewed examples), then bulk pre-annotation chunks, wait behind
-            # interactive /predict jobs (RQ takes queues in order).
+            # Vocabulary builds (/setup's new labels), learning jobs (the memory of reviewed examples), then bulk
+            # pre-annotation chunks, wait behind interactive /predict jobs (RQ takes queues in order).
+            vocab = Queue(keys.vocab_queue, connection=connection, serializer=JSONSerializer, job_class=ProjectJob)
             learn = Queue(keys.learn_queue, connection=connection, serializer=JSONSerializer, job_class=ProjectJob)
             bulk = Queue(keys.bulk_queue, connection=connection, serializer=JSONSerializer, job_class=ProjectJob)
             worker = TagclipWorker(
-                [queue, learn, bulk],
+                [queue, vocab, learn, bulk],
                 connection=connection,
                 serializer=JSONSerializer,
                 job_class=ProjectJob,
@@ -173,7 +174,7 @@ def run_worker(settings: Settings, name: str | None = None, burst: bool = False)
                 maintenance_interval=MAINTENANCE_INTERVAL,
             )
             incarnation += 1
-            log.info("worker %s consuming queues %r, %r, %r", worker.name, queue.name, learn.name, bulk.name)
+            log.info("worker %s consuming queues %s", worker.name, ", ".join(q.name for q in worker.queues))
             try:
                 worker.work(burst=burst, logging_level=settings.log_level)
             except RedisError as e:

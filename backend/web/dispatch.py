@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from concurrent.futures import TimeoutError as FuturesTimeoutError
@@ -33,11 +34,13 @@ from rq.serializers import JSONSerializer
 from .. import presence
 from ..contracts.predict import JOB_FUNCTION, RUNTIME_LOADER
 from ..contracts.source import configured_studio
+from ..contracts.vocab import JOB_FUNCTION as VOCAB_FUNCTION
 from ..errors import EngineUnavailableError, QueueUnavailableError
 from ..keys import RedisKeys
 from ..labelstudio.auth import Source, same_origin
 from ..redaction import scrub
 from ..settings import Settings
+from ..vocabulary import VocabularyClaims
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,8 @@ FAILURE_TTL = 3600
 _WAITING = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED)
 # Seconds between tries to load the embedded engine after a failure.
 EMBEDDED_RELOAD_INTERVAL = 30.0
+# Vocabularies an embedded backend remembers having built (a /setup of one of them builds nothing).
+REMEMBERED_VOCABULARIES = 256
 
 
 @dataclass
@@ -96,6 +101,11 @@ class Dispatcher(ABC):
     def submit(self, function: str, payload: dict[str, Any], dedupe: str | None = None) -> str | None:
         """Run the job function `function` (dotted path) on `payload` in the background; returns the job's id, or
         None when a job submitted with the same `dedupe` key is still waiting to start."""
+
+    @abstractmethod
+    def announce_vocabulary(self, vocabulary: str, payloads: Sequence[dict[str, Any]]) -> bool:
+        """Start building a vocabulary's text classifier in the background (backend.contracts.vocab payloads),
+        unless its build was already started; True when this call started it. Returns at once."""
 
     def warm_up(self) -> None:  # noqa: B027 - an optional hook, a no-op unless overridden
         """Start whatever takes long (embedded: loading the model) without waiting for it."""
@@ -216,6 +226,35 @@ class RedisDispatcher(Dispatcher):
             ) from e
         return job.id
 
+    def announce_vocabulary(self, vocabulary: str, payloads: Sequence[dict[str, Any]]) -> bool:
+        claims = VocabularyClaims(self.redis, self._keys)
+        queue = Queue(self._keys.vocab_queue, connection=self.redis, serializer=JSONSerializer)
+        try:
+            if not claims.claim(vocabulary, len(payloads)):
+                return False
+            try:
+                queue.enqueue_many([self._vocabulary_job(payload) for payload in payloads])
+            except RedisError:
+                claims.release(vocabulary)
+                raise
+        except RedisError as e:
+            raise QueueUnavailableError(
+                f"Redis at {_redis_address(self._settings.redis_url)} is unreachable: {e}"
+            ) from e
+        return True
+
+    def _vocabulary_job(self, payload: dict[str, Any]) -> Any:
+        return Queue.prepare_data(
+            VOCAB_FUNCTION,
+            args=(payload,),
+            timeout=self._settings.job_timeout,
+            result_ttl=RESULT_TTL,
+            failure_ttl=FAILURE_TTL,
+            # A killed worker's part goes back to the queue (RQ's abandoned-job cleanup), its saved columns kept.
+            retry=Retry(max=self._settings.job_retries) if self._settings.job_retries else None,
+            description=f"build_vocabulary({len(payload['prompts'])} prompts)",
+        )
+
     def _failure_text(self, job: Job, status: str | None) -> str:
         if status is None:
             return f"job {job.id} vanished from Redis"
@@ -307,6 +346,11 @@ class EmbeddedDispatcher(Dispatcher):
         self._failed_at = 0.0
         self._pending = 0
         self._waiting: set[str] = set()  # dedupe keys of submitted jobs that have not started
+        # Vocabulary builds run on a thread of their own, so they never hold a /predict thread; the most recent
+        # vocabularies announced are remembered so a repeated /setup does not build again.
+        self._vocab_builder = ThreadPoolExecutor(1, thread_name_prefix="tagclip-vocab")
+        self._vocabularies: OrderedDict[str, None] = OrderedDict()
+        self._closing = threading.Event()  # a build stops between parts when the dispatcher closes
 
     def warm_up(self) -> None:
         with self._lock:
@@ -395,6 +439,37 @@ class EmbeddedDispatcher(Dispatcher):
         future.add_done_callback(self._finished)
         return job_id
 
+    def announce_vocabulary(self, vocabulary: str, payloads: Sequence[dict[str, Any]]) -> bool:
+        with self._lock:
+            if vocabulary in self._vocabularies:
+                self._vocabularies.move_to_end(vocabulary)
+                return False
+            self._vocabularies[vocabulary] = None
+            while len(self._vocabularies) > REMEMBERED_VOCABULARIES:
+                self._vocabularies.popitem(last=False)
+        data = json.loads(json.dumps(list(payloads)))  # the same plain-JSON boundary as the queue
+        self.warm_up()
+        self._vocab_builder.submit(self._build_vocabulary, vocabulary, data)
+        return True
+
+    def _build_vocabulary(self, vocabulary: str, payloads: list[dict[str, Any]]) -> None:
+        self._loaded.wait()
+        if self._runtime is None:
+            log.warning("vocabulary %s not built: the model failed to load: %s", vocabulary[:8], self._error)
+            with self._lock:
+                self._vocabularies.pop(vocabulary, None)  # the next /setup tries again
+            return
+        try:
+            job = import_string(VOCAB_FUNCTION)
+            for payload in payloads:
+                if self._closing.is_set():
+                    return
+                self._runtime.run(job, payload)
+        except Exception:
+            log.exception("vocabulary %s: build failed", vocabulary[:8])
+            with self._lock:
+                self._vocabularies.pop(vocabulary, None)
+
     def _finished(self, _future: Future) -> None:
         with self._lock:
             self._pending -= 1
@@ -423,6 +498,8 @@ class EmbeddedDispatcher(Dispatcher):
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._closing.set()
+        self._vocab_builder.shutdown(wait=False, cancel_futures=True)
 
 
 def _is_configured(settings: Settings, source: Source) -> bool:

@@ -21,7 +21,9 @@ from typing import Any
 
 from ..contracts.predict import build_payloads, chunk_size_for
 from ..contracts.source import source_ref
-from ..errors import BadRequestError, BusyError, PayloadTooLargeError
+from ..contracts.vocab import build_payloads as build_vocabulary_payloads
+from ..contracts.vocab import vocabulary_prompts
+from ..errors import BadRequestError, BusyError, PayloadTooLargeError, QueueUnavailableError
 from ..labelstudio.auth import Source, task_source
 from ..resolve import Resolution, Resolver
 from ..results import task_result
@@ -76,7 +78,26 @@ class PredictionService:
         self.dispatcher.warm_up()
         if not schema:
             return {"model_version": self.resolver.version_without_config(context.extra_params)}
-        return {"model_version": self.resolver.resolve(schema, context.extra_params, project).model_version}
+        resolution = self.resolver.resolve(schema, context.extra_params, project)
+        self._announce_vocabulary(project, resolution)
+        return {"model_version": resolution.model_version}
+
+    def _announce_vocabulary(self, project: str, resolution: Resolution) -> None:
+        """Start building the label config's text classifier on the workers (or embedded mode's builder thread),
+        never here: /setup must answer within Label Studio's 3 s however many labels there are."""
+        prompts = vocabulary_prompts(c.prompts for control in resolution.plan.controls for c in control.classes)
+        if not prompts:
+            return
+        payloads = build_vocabulary_payloads(resolution.model_key, resolution.options.background, prompts)
+        try:
+            started = self.dispatcher.announce_vocabulary(payloads[0]["vocabulary"], payloads)
+        except QueueUnavailableError as e:  # /predict jobs build what they need themselves
+            log.warning("project %s: vocabulary build not started: %s", project or "?", e)
+            return
+        if started:
+            log.info(
+                "project %s: building %d prompts' text classifier in %d parts", project, len(prompts), len(payloads)
+            )
 
     # --- /predict ---
     def predict(self, body: Mapping[str, Any]) -> dict[str, Any]:

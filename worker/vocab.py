@@ -1,0 +1,71 @@
+"""Building a vocabulary's text classifier in increments: the `<queue>-vocab` job, and the step /predict jobs
+share.
+
+A column is the unit: each is built under the engine lock and saved to the disk cache at once
+(tagclip_core.text), so /predict jobs of other threads run between columns (embedded mode), a job timeout or a
+killed worker loses at most one column, and whoever needs the vocabulary next resumes where the build stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from rq import get_current_job
+
+from backend.contracts.vocab import SCHEMA, parse_payload
+from backend.errors import ModelMismatchError
+from backend.keys import RedisKeys
+from backend.vocabulary import VocabularyClaims
+from tagclip_core.prompts import resolve_background
+
+from .runtime import Runtime, current_runtime
+
+log = logging.getLogger(__name__)
+
+# Columns between two progress notes in the RQ job's meta.
+PROGRESS_EVERY = 8
+
+
+def build_columns(runtime: Runtime, prompts: Sequence[str]) -> tuple[int, int]:
+    """Build and save the columns of `prompts` that no one has built yet, one per engine-lock hold.
+    Returns (built here, already cached)."""
+    todo = runtime.engine.uncached_prompts(prompts)
+    cached = len(dict.fromkeys(prompts)) - len(todo)
+    job = get_current_job()
+    built = 0
+    for done, prompt in enumerate(todo, start=1):
+        with runtime.engine_lock:
+            built += runtime.engine.build_prompt(prompt)  # False: another thread built it meanwhile
+        if job is not None and done % PROGRESS_EVERY == 0:
+            job.meta["progress"] = {"columns_done": done, "columns": len(todo)}
+            job.save_meta()
+    return built, cached + len(todo) - built
+
+
+def build_vocabulary(payload: dict[str, Any]) -> dict[str, Any]:
+    """Build one part of a vocabulary (backend.contracts.vocab) and count it off the build's claim."""
+    runtime = current_runtime()
+    started = time.monotonic()
+    part = parse_payload(payload)
+    if part.model_key != runtime.model_key:
+        raise ModelMismatchError(
+            f"the vocabulary is for model {part.model_key!r}, worker {runtime.name} runs {runtime.model_key!r}: "
+            "give the backend and the workers the same TAGCLIP_* settings and weights"
+        )
+    built, cached = build_columns(runtime, [*part.prompts, *resolve_background(part.background)])
+    job = get_current_job()
+    if job is not None:  # queue mode: the claim lives in Redis
+        VocabularyClaims(job.connection, RedisKeys(runtime.settings.queue_name)).part_done(part.vocabulary)
+    seconds = time.monotonic() - started
+    log.info("vocabulary %s: %d columns built, %d cached, in %.1f s", part.vocabulary[:8], built, cached, seconds)
+    return {
+        "schema": SCHEMA,
+        "vocabulary": part.vocabulary,
+        "worker": runtime.name,
+        "built": built,
+        "cached": cached,
+        "seconds": round(seconds, 3),
+    }
