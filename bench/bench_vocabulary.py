@@ -152,7 +152,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="vit-b-16", help="random-weight CLIP shape")
     parser.add_argument("--runs", nargs="+", choices=("cold", "killed"), default=["cold", "killed"])
-    parser.add_argument("--predict-timeout", type=int, default=20, help="PREDICT_TIMEOUT of the backend (s)")
+    parser.add_argument("--predict-timeout", type=int, default=80, help="PREDICT_TIMEOUT of the backend (s)")
     parser.add_argument("--pause", type=float, default=2.0, help="seconds between /predict attempts")
     parser.add_argument("--logs", help="keep the processes' logs here")
     parser.add_argument("--json", help="also write the figures here")
