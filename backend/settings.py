@@ -100,6 +100,9 @@ class Settings:
     max_image_pixels: int = 100_000_000
     # Parallel downloads per job.
     download_threads: int = 4
+    # Most tasks whose images one job holds decoded at once: the group being predicted and the next one,
+    # downloading meanwhile (a 100 MP photo is ~300 MB decoded; a bulk chunk may have 1,000 tasks).
+    images_in_memory: int = 8
     # Hosts on private networks (loopback, RFC 1918, link-local, ...) that task images may come from, comma
     # separated ("minio", "*.corp.example"); besides these and LABEL_STUDIO_URL's host, only public addresses.
     allowed_image_hosts: str | None = None
@@ -150,6 +153,7 @@ class Settings:
             "max_download_bytes",
             "max_image_pixels",
             "download_threads",
+            "images_in_memory",
             "max_predict_tasks",
             "max_labels_per_control",
             "server_threads",
@@ -270,6 +274,7 @@ ENV_VARS: dict[str, str] = {
     "download_timeout": "DOWNLOAD_TIMEOUT",
     "max_image_pixels": "MAX_IMAGE_PIXELS",
     "download_threads": "DOWNLOAD_THREADS",
+    "images_in_memory": "IMAGES_IN_MEMORY",
     "allowed_image_hosts": "ALLOWED_IMAGE_HOSTS",
     "max_predict_tasks": "MAX_PREDICT_TASKS",
     "max_labels_per_control": "MAX_LABELS_PER_CONTROL",

@@ -24,20 +24,15 @@ from typing import Any
 from PIL import Image
 from rq import get_current_job
 
-from backend.contracts.predict import SCHEMA, ChunkSpec, ControlSpec, TaskRef, parse_payload
-from backend.contracts.source import resolve_source
+from backend.contracts.predict import SCHEMA, ChunkSpec, ControlSpec, parse_payload
 from backend.converters import ControlOutput
 from backend.converters.base import choose_labels
-from backend.errors import DownloadUnavailableError, ImageFetchError, ModelMismatchError
-from backend.fetch import redact
-from backend.memory.cache import image_digest
-from backend.redaction import scrub
-from backend.results import UNAVAILABLE
-from tagclip_core.errors import ImageLoadError, TagCLIPError
-from tagclip_core.images import load_image
+from backend.errors import ModelMismatchError
+from tagclip_core.errors import TagCLIPError
 from tagclip_core.masks import coarse_masks
 from tagclip_core.types import ClassSpec, ImagePrediction, MaskMode, PredictionFailure
 
+from .loading import Digests, load_in_groups
 from .memory import use_memory
 from .runtime import Runtime, current_runtime
 from .vocab import build_columns
@@ -58,76 +53,40 @@ def predict_chunk(payload: dict[str, Any]) -> dict[str, Any]:
             f"the backend expects model {spec.model_key!r}, worker {runtime.name} runs {runtime.model_key!r}: "
             "give the backend and the workers the same TAGCLIP_* settings and weights"
         )
+    tasks = predict_tasks(spec, runtime)
     return {
         "schema": SCHEMA,
         "model_id": runtime.engine.model_id,
         "worker": runtime.name,
         "seconds": round(time.monotonic() - started, 4),
-        "tasks": predict_tasks(spec, runtime),
+        "tasks": tasks,
     }
 
 
 def predict_tasks(spec: ChunkSpec, runtime: Runtime) -> list[dict[str, Any]]:
     """Every task's output, in task order: `{"index", "outputs": {control: ...}}`, or `{"index", "error",
-    "kind"}` for a task whose image could not be fetched, decoded or predicted (the others go on)."""
-    digests: dict[int, dict[str, str]] | None = {} if spec.memory is not None else None
-    images, errors = fetch_images(spec, runtime, digests)
-    outputs = predict_controls(spec, images, errors, runtime, digests)
+    "kind"}` for a task whose image could not be fetched, decoded or predicted (the others go on). Images are
+    decoded a bounded few at a time (worker.loading), whatever the chunk's size."""
+    digests: Digests | None = {} if spec.memory is not None else None
     tasks = []
-    for task in spec.tasks:
-        if task.index in errors:
-            tasks.append({"index": task.index, "error": errors[task.index][1], "kind": errors[task.index][0]})
-        else:
-            tasks.append({"index": task.index, "outputs": outputs.get(task.index, {})})
+    for group in load_in_groups(spec, runtime, digests):
+        outputs = predict_controls(group.spec, group.images, group.errors, runtime, digests)
+        for task in group.spec.tasks:
+            if task.index in group.errors:
+                kind, message = group.errors[task.index]
+                tasks.append({"index": task.index, "error": message, "kind": kind})
+            else:
+                tasks.append({"index": task.index, "outputs": outputs.get(task.index, {})})
+        _report_progress(len(tasks), len(spec.tasks))
     return tasks
 
 
-def fetch_images(
-    spec: ChunkSpec, runtime: Runtime, digests: dict[int, dict[str, str]] | None = None
-) -> tuple[dict[int, dict[str, Image.Image]], dict[int, tuple[str, str]]]:
-    """Fetch and decode each task's images in parallel. Returns images by task index, and
-    (kind, message) errors by task index. Raises LabelStudioAuthError when this worker has no key for the
-    payload's Label Studio (a setup mistake: the job fails and is retried, no task is marked failed). `digests`,
-    when given, receives each image's SHA-256 by task index and data key (what the memory's image cache is keyed
-    by)."""
-    keys = sorted({c.data_key for c in spec.controls})
-    source = resolve_source(spec.source, runtime.settings.label_studio)
-
-    def load(task: TaskRef) -> dict[str, Image.Image]:
-        out = {}
-        for key in keys:
-            ref = task.images.get(key)
-            if ref is None:
-                raise ImageFetchError(f"task {task.id} has no data[{key!r}]")
-            data = runtime.fetcher.fetch(ref, task.id or 0, source)
-            out[key] = load_image(data, runtime.image_limits, name=redact(str(ref)))
-            if digests is not None:
-                digests.setdefault(task.index, {})[key] = image_digest(data)
-        return out
-
-    images: dict[int, dict[str, Image.Image]] = {}
-    errors: dict[int, tuple[str, str]] = {}
-    futures = {task.index: runtime.downloads.submit(load, task) for task in spec.tasks}
-    for task in spec.tasks:
-        try:
-            images[task.index] = futures[task.index].result()
-        except ImageFetchError as e:
-            errors[task.index] = (fetch_failure_kind(e), str(e))
-        except ImageLoadError as e:
-            errors[task.index] = ("image", str(e))
-        except Exception as e:  # a bug in one task's path must not sink the chunk
-            log.exception("task %s: unexpected error while loading its image", task.id)
-            errors[task.index] = ("internal", scrub(f"{type(e).__name__}: {e}"))
-    for index, (kind, message) in errors.items():
-        log.warning("task index %d: %s error: %s", index, kind, message)
-    return images, errors
-
-
-def fetch_failure_kind(error: ImageFetchError) -> str:
-    """The failure kind of a task whose image could not be fetched: UNAVAILABLE when the failure may pass (a
-    timeout, HTTP 5xx, a revoked or disabled key: the task is predicted again later, never stored empty),
-    "download" when it will fail the same way every time (not found, too large, refused by policy)."""
-    return UNAVAILABLE if isinstance(error, DownloadUnavailableError) else "download"
+def _report_progress(done: int, total: int) -> None:
+    """Tasks done so far, in the RQ job's meta (rq-dashboard shows it)."""
+    job = get_current_job()
+    if job is not None:
+        job.meta["progress"] = {"tasks_done": done, "tasks": total}
+        job.save_meta()
 
 
 def predict_controls(
@@ -135,17 +94,16 @@ def predict_controls(
     images: dict[int, dict[str, Image.Image]],
     errors: dict[int, tuple[str, str]],
     runtime: Runtime,
-    digests: dict[int, dict[str, str]] | None = None,
+    digests: Digests | None = None,
 ) -> dict[int, dict[str, dict[str, Any]]]:
     """Scores (and masks, where asked) of every control for every task whose images loaded. Engine failures on
     one image are isolated to its task (recorded in `errors`). With a memory (spec.memory), the learning
     controls' scores and tags are adapted (worker.memory)."""
     outputs: dict[int, dict[str, dict[str, Any]]] = {}
     embeddings = spec.memory is not None
-    job = get_current_job()
     predicted: dict[tuple, dict[int, ImagePrediction | PredictionFailure]] = {}
     masks_done: dict[tuple, dict[str, Any]] = {}
-    for done, control in enumerate(spec.controls):
+    for control in spec.controls:
         indices = [t.index for t in spec.tasks if t.index in images and t.index not in errors]
         if not indices:
             break
@@ -178,9 +136,6 @@ def predict_controls(
                     continue
                 output["masks"] = masks_done[mask_key]
             outputs.setdefault(index, {})[control.name] = output
-        if job is not None:
-            job.meta["progress"] = {"controls_done": done + 1, "controls": len(spec.controls)}
-            job.save_meta()
     if embeddings:
         use_memory(spec, outputs, predicted, digests or {}, runtime)
     return outputs

@@ -42,7 +42,7 @@ from backend.memory.store import MemoryStore
 from backend.resolve import Resolution
 from tagclip_core.types import ClassSpec, ImagePrediction
 
-from .jobs import fetch_images
+from .loading import load_in_groups
 from .runtime import Runtime, current_runtime
 
 log = logging.getLogger(__name__)
@@ -226,10 +226,11 @@ class Learner:
             source=SourceRef(self.source.url, self.source.api_key, KeyPlace.PAYLOAD),  # in-process: never serialized
         )
         digests: dict[int, dict[str, str]] = {}
-        images, errors = fetch_images(spec, self.runtime, digests)
-        for index, (kind, message) in errors.items():
-            outcome.failed[int(reviews[index][0]["id"])] = f"{kind}: {message}"
-        features = self._features(spec, images, digests, outcome)
+        features: dict[int, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
+        for group in load_in_groups(spec, self.runtime, digests):
+            for index, (kind, message) in group.errors.items():
+                outcome.failed[int(reviews[index][0]["id"])] = f"{kind}: {message}"
+            features.update(self._features(group.spec, group.images, digests, outcome))
         examples = []
         for index, (task, annotation) in enumerate(reviews):
             if index not in features:
