@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,16 +32,10 @@ from rq.serializers import JSONSerializer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.queue_stack import queue_env, run_and_report, start_queue_redis  # noqa: E402
 from tagclip_core.random_weights import VIT_B_16, write_random_checkpoint  # noqa: E402
 from tests.fixtures.http_server import serve_directory  # noqa: E402
-from tests.integration.stack import (  # noqa: E402
-    base_env,
-    free_port,
-    start_backend,
-    start_redis,
-    start_worker,
-    wait_workers,
-)
+from tests.integration.stack import start_backend, start_worker, wait_workers  # noqa: E402
 
 QUEUE = "tagclip"  # the backend's default queue name
 CONFIG = (
@@ -103,23 +94,15 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     checkpoint = write_random_checkpoint(work / "vit-b-16.pt", VIT_B_16, seed=0)
     logs = Path(args.logs) if args.logs else work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    redis_port = free_port()
-    redis = start_redis(shutil.which("redis-server") or "redis-server", redis_port, logs)
-    env = base_env()
-    env.update(
-        {
-            "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-            "TAGCLIP_CHECKPOINT": str(checkpoint),
-            "TAGCLIP_CACHE_DIR": str(work / "cache"),
-            "TAGCLIP_DEVICE": "cpu",
-            "TAGCLIP_ALLOW_DOWNLOAD": "false",
-            "ALLOWED_IMAGE_HOSTS": "127.0.0.1",
-            "CHUNK_SIZE": str(args.photos),
-            "PREDICT_TIMEOUT": "99",
-            "JOB_TIMEOUT": "7200",
-            "LOG_LEVEL": "WARNING",
-            **({"IMAGES_IN_MEMORY": str(args.images_in_memory)} if args.images_in_memory else {}),
-        }
+    redis, redis_url = start_queue_redis(logs)
+    env = queue_env(
+        redis_url,
+        checkpoint,
+        TAGCLIP_CACHE_DIR=str(work / "cache"),
+        CHUNK_SIZE=str(args.photos),
+        PREDICT_TIMEOUT="99",
+        JOB_TIMEOUT="7200",
+        **({"IMAGES_IN_MEMORY": str(args.images_in_memory)} if args.images_in_memory else {}),
     )
     worker = start_worker(env, logs, "bench-worker")
     backend, url = start_backend(env, logs)
@@ -130,7 +113,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
             height, width = args.size
             refs = [server.put(f"{i}.jpg", photo_jpeg(height, width, seed=i)) for i in range(args.photos)]
             wait_workers(url, 1, timeout=600)
-            queue = Queue(QUEUE, connection=Redis(port=redis_port), serializer=JSONSerializer)
+            queue = Queue(QUEUE, connection=Redis.from_url(redis_url), serializer=JSONSerializer)
             # Warm-up on one small image (the text classifier), so the figure is the chunk's own.
             small = server.put("small.jpg", photo_jpeg(240, 320, seed=99))
             predict(url, [{"id": 0, "data": {"image": small}}], queue)
@@ -165,13 +148,7 @@ def main() -> int:
     parser.add_argument("--images-in-memory", type=int, help="IMAGES_IN_MEMORY (default: the worker's)")
     parser.add_argument("--json", help="also write the figures here")
     parser.add_argument("--logs", help="keep the processes' logs in this folder")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="tagclip-chunk-memory-") as tmp:
-        figures = run(args, Path(tmp))
-    print(json.dumps(figures, indent=1))
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=1))
-    return 0
+    return run_and_report(parser.parse_args(), run, "tagclip-chunk-memory-")
 
 
 if __name__ == "__main__":

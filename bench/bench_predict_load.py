@@ -13,11 +13,8 @@ p95), tasks/s, and whether every task was answered.
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,17 +25,10 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.queue_stack import queue_env, run_and_report, start_queue_redis  # noqa: E402
 from tagclip_core.random_weights import TINY_VIT_B_16, write_random_checkpoint  # noqa: E402
 from tests.fixtures.http_server import serve_directory  # noqa: E402
-from tests.integration.stack import (  # noqa: E402
-    base_env,
-    free_port,
-    png_bytes,
-    start_backend,
-    start_redis,
-    start_worker,
-    wait_workers,
-)
+from tests.integration.stack import png_bytes, start_backend, start_worker, wait_workers  # noqa: E402
 
 CONFIG = (
     '<View><Image name="image" value="$image"/><Choices name="tags" toName="image" choice="multiple">'
@@ -76,22 +66,14 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     checkpoint = write_random_checkpoint(work / "tiny.pt", TINY_VIT_B_16, seed=0)
     logs = work / "logs"
     logs.mkdir()
-    redis_port = free_port()
-    redis = start_redis(shutil.which("redis-server") or "redis-server", redis_port, logs)
-    env = base_env()
-    env.update(
-        {
-            "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-            "TAGCLIP_CHECKPOINT": str(checkpoint),
-            "TAGCLIP_CACHE_DIR": str(work / "cache"),
-            "TAGCLIP_DEVICE": "cpu",
-            "TAGCLIP_ALLOW_DOWNLOAD": "false",
-            "ALLOWED_IMAGE_HOSTS": "127.0.0.1",
-            "WORKER_HEARTBEAT": "1",
-            "OMP_NUM_THREADS": "1",
-            "LOG_LEVEL": "WARNING",
-            **({"SERVER_THREADS": str(args.server_threads)} if args.server_threads else {}),
-        }
+    redis, redis_url = start_queue_redis(logs)
+    env = queue_env(
+        redis_url,
+        checkpoint,
+        TAGCLIP_CACHE_DIR=str(work / "cache"),
+        WORKER_HEARTBEAT="1",
+        OMP_NUM_THREADS="1",
+        **({"SERVER_THREADS": str(args.server_threads)} if args.server_threads else {}),
     )
     workers = [start_worker(env, logs, f"bench-w{i}") for i in range(args.workers)]
     backend, url = start_backend(env, logs)
@@ -146,13 +128,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--server-threads", type=int, help="SERVER_THREADS (default: the backend's)")
     parser.add_argument("--json", help="also write the figures here")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="tagclip-load-") as tmp:
-        figures = run(args, Path(tmp))
-    print(json.dumps(figures, indent=1))
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=1))
-    return 0
+    return run_and_report(parser.parse_args(), run, "tagclip-load-")
 
 
 if __name__ == "__main__":

@@ -15,10 +15,8 @@ the killed run how many columns were on disk at the kill and how many of those w
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,17 +28,11 @@ sys.path.insert(0, str(ROOT))
 
 from backend.keys import RedisKeys  # noqa: E402
 from backend.vocabulary import VocabularyClaims  # noqa: E402
+from bench.queue_stack import queue_env, run_and_report, start_queue_redis  # noqa: E402
+from tagclip_core.prompts import TAGCLIP_TEMPLATES  # noqa: E402
 from tagclip_core.random_weights import TINY_VIT_B_16, VIT_B_16, write_random_checkpoint  # noqa: E402
 from tests.fixtures.http_server import serve_directory  # noqa: E402
-from tests.integration.stack import (  # noqa: E402
-    base_env,
-    free_port,
-    png_bytes,
-    start_backend,
-    start_redis,
-    start_worker,
-    wait_workers,
-)
+from tests.integration.stack import png_bytes, start_backend, start_worker, wait_workers  # noqa: E402
 
 SHAPES = {"vit-b-16": VIT_B_16, "tiny": TINY_VIT_B_16}
 
@@ -118,20 +110,9 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     checkpoint = write_random_checkpoint(work / "clip.pt", SHAPES[args.shape], seed=0)
     logs = work / "logs"
     logs.mkdir()
-    redis_port = free_port()
-    redis = start_redis(shutil.which("redis-server") or "redis-server", redis_port, logs)
-    env = base_env()
-    env.update(
-        {
-            "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-            "TAGCLIP_CHECKPOINT": str(checkpoint),
-            "TAGCLIP_DEVICE": "cpu",
-            "TAGCLIP_ALLOW_DOWNLOAD": "false",
-            "ALLOWED_IMAGE_HOSTS": "127.0.0.1",
-            "WORKER_HEARTBEAT": "1",
-            "PREDICT_TIMEOUT": str(args.predict_timeout),
-            "LOG_LEVEL": "INFO",
-        }
+    redis, redis_url = start_queue_redis(logs)
+    env = queue_env(
+        redis_url, checkpoint, WORKER_HEARTBEAT="1", PREDICT_TIMEOUT=str(args.predict_timeout), LOG_LEVEL="INFO"
     )
     images = work / "images"
     images.mkdir()
@@ -143,7 +124,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         redis.stop()
         if args.logs:
             shutil.copytree(logs, args.logs, dirs_exist_ok=True)
-    return {"shape": args.shape, "templates": 85, "predict_timeout_s": args.predict_timeout, **runs}
+    return {"shape": args.shape, "templates": len(TAGCLIP_TEMPLATES), "predict_timeout_s": args.predict_timeout, **runs}
 
 
 def main() -> int:
@@ -156,13 +137,7 @@ def main() -> int:
     parser.add_argument("--pause", type=float, default=2.0, help="seconds between /predict attempts")
     parser.add_argument("--logs", help="keep the processes' logs here")
     parser.add_argument("--json", help="also write the figures here")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="tagclip-vocab-") as tmp:
-        figures = run(args, Path(tmp))
-    print(json.dumps(figures, indent=1))
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=1))
-    return 0
+    return run_and_report(parser.parse_args(), run, "tagclip-vocab-")
 
 
 if __name__ == "__main__":
