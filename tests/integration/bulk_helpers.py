@@ -9,10 +9,11 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,6 +107,35 @@ def run_cli(env: Mapping[str, str], *args: str, timeout: float = 600) -> tuple[i
         timeout=timeout,
     )
     return result.returncode, parse_status(result.stdout, result.stderr), result.stdout
+
+
+def run_cli_releasing(
+    env: Mapping[str, str], marker: str, release: Callable[[], None], *args: str, timeout: float = 600
+) -> tuple[int, dict, str]:
+    """`run_cli`, calling `release` as soon as the command's stdout shows a line containing `marker` (or the
+    command ended without one): for a step that must happen after the command reached a point."""
+    with tempfile.TemporaryFile("w+") as errors:
+        process = subprocess.Popen(
+            preannotate_argv(*args, "--json", "--quiet"),
+            env={**env, "PYTHONUNBUFFERED": "1"},
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+        )
+        seen = []
+        try:
+            assert process.stdout is not None
+            for line in process.stdout:
+                seen.append(line)
+                if marker in line:
+                    break
+        finally:
+            release()
+        rest, _ = process.communicate(timeout=timeout)
+        errors.seek(0)
+        stdout = "".join(seen) + rest
+        return process.returncode, parse_status(stdout, errors.read()), stdout
 
 
 def start_cli(env: Mapping[str, str], log_dir: Path, name: str, *args: str) -> subprocess.Popen:

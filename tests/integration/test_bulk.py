@@ -24,6 +24,8 @@ import numpy as np
 import pytest
 import requests
 from label_studio_sdk.converter.brush import mask2rle
+from redis import Redis
+from rq.suspension import resume, suspend
 
 from backend.bulk.ledger import Ledger, owner_name
 from backend.bulk.planner import BulkPlanner, BulkRequest
@@ -48,6 +50,7 @@ from .bulk_helpers import (
     make_project,
     predictions_by_task,
     run_cli,
+    run_cli_releasing,
     start_cli,
     store_and_queue,
 )
@@ -93,11 +96,18 @@ def interrupted_run(label_studio, workers, env, redis_url, artifacts):
     job = active_job(store, label_studio.url, project.id, version)
     wait_until(lambda: store.counts(job)["done"] >= 2 * CHUNK, 120, what="some chunks done")
     victim, killed_chunk = kill_worker_mid_chunk(queue, workers.workers)
+    # Workers take nothing more until the rerun has attached (RQ's own switch): on a fast machine the surviving
+    # worker could otherwise finish the job before the rerun's Python has started.
+    connection = Redis.from_url(redis_url)
+    suspend(connection)
     first.send_signal(signal.SIGKILL)
     first.wait(10)
     done_at_kill = store.counts(job)["done"]
     workers.start_worker("rescuer")
-    code, status, stdout = run_cli(env, "--project", str(project.id), "--chunk-size", str(CHUNK))
+    code, status, stdout = run_cli_releasing(
+        env, "attached to running job", lambda: resume(connection), "--project", str(project.id),
+        "--chunk-size", str(CHUNK),
+    )  # fmt: skip
     return {
         "project": project,
         "version": version,
@@ -421,9 +431,6 @@ def test_cancel_drops_waiting_chunks_and_a_rerun_resumes(label_studio, workers, 
     """Workers suspended (RQ's own switch) while the command enqueues, so the chunks wait; `--cancel` drops
     them (a worker that was already blocked on the queue may have taken one: it finishes or skips it); the
     cancelled job takes on nothing more; a rerun starts a new job that predicts exactly the rest."""
-    from redis import Redis
-    from rq.suspension import resume, suspend
-
     project = make_project(label_studio, "TagCLIP bulk cancel", 12, n_images=3)
     version = setup_version(workers, project.id)
     store, queue = store_and_queue(redis_url, workers.queue_name)
