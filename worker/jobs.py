@@ -27,7 +27,6 @@ from rq import get_current_job
 from backend.contracts.predict import SCHEMA, ChunkSpec, ControlSpec, parse_payload
 from backend.converters import ControlOutput
 from backend.converters.base import choose_labels
-from backend.errors import ModelMismatchError
 from tagclip_core.errors import TagCLIPError
 from tagclip_core.masks import coarse_masks
 from tagclip_core.types import ClassSpec, ImagePrediction, MaskMode, PredictionFailure
@@ -48,11 +47,7 @@ def predict_chunk(payload: dict[str, Any]) -> dict[str, Any]:
     runtime = current_runtime()
     started = time.monotonic()
     spec = parse_payload(payload)
-    if spec.model_key != runtime.model_key:
-        raise ModelMismatchError(
-            f"the backend expects model {spec.model_key!r}, worker {runtime.name} runs {runtime.model_key!r}: "
-            "give the backend and the workers the same TAGCLIP_* settings and weights"
-        )
+    runtime.require_model(spec.model_key, "the backend")
     tasks = predict_tasks(spec, runtime)
     return {
         "schema": SCHEMA,

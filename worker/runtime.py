@@ -18,6 +18,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from backend.contracts.source import SourceRef, configured_studio, resolve_source
+from backend.errors import ModelMismatchError
 from backend.fetch import FetchLimits, make_fetcher
 from backend.labelstudio.auth import Source
 from backend.labelstudio.client import LabelStudioClient
@@ -143,6 +144,14 @@ class Runtime:
             # need not carry one (backend.contracts.source).
             "studio_key": configured_studio(self.settings),
         }
+
+    def require_model(self, model_key: str, what: str) -> None:
+        """Refuse a job made for other weights or settings (`what` names its sender, e.g. "the backend")."""
+        if model_key != self.model_key:
+            raise ModelMismatchError(
+                f"{what} expects model {model_key!r}, worker {self.name} runs {self.model_key!r}: "
+                "give the backend and the workers the same TAGCLIP_* settings and weights"
+            )
 
     def source(self, ref: SourceRef, job_key: str | None = None) -> Source:
         """The Label Studio (URL and key) a payload names, with the key from wherever the payload says it is."""

@@ -16,7 +16,6 @@ from typing import Any
 from rq import get_current_job
 
 from backend.contracts.vocab import SCHEMA, parse_payload
-from backend.errors import ModelMismatchError
 from backend.keys import RedisKeys
 from backend.vocabulary import VocabularyClaims
 from tagclip_core.prompts import resolve_background
@@ -50,11 +49,7 @@ def build_vocabulary(payload: dict[str, Any]) -> dict[str, Any]:
     runtime = current_runtime()
     started = time.monotonic()
     part = parse_payload(payload)
-    if part.model_key != runtime.model_key:
-        raise ModelMismatchError(
-            f"the vocabulary is for model {part.model_key!r}, worker {runtime.name} runs {runtime.model_key!r}: "
-            "give the backend and the workers the same TAGCLIP_* settings and weights"
-        )
+    runtime.require_model(part.model_key, "the vocabulary")
     built, cached = build_columns(runtime, [*part.prompts, *resolve_background(part.background)])
     job = get_current_job()
     if job is not None:  # queue mode: the claim lives in Redis
