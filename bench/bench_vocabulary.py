@@ -8,7 +8,7 @@ its own: "cold", and "killed", where the worker is SIGKILLed once half the colum
 started. Reports /setup's latency, the time to the first prediction, when the build's last part ended, and for
 the killed run how many columns were on disk at the kill and how many of those were built again.
 
-    .venv/bin/python bench/bench_vocabulary.py --labels 1000          # the issue's figure: ~2 x 45 min on 2 cores
+    .venv/bin/python bench/bench_vocabulary.py --labels 1000          # ~2 x 15 min on a quiet 2-core machine
     .venv/bin/python bench/bench_vocabulary.py --labels 100 --json out.json
 """
 
