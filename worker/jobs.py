@@ -34,7 +34,7 @@ from tagclip_core.types import ClassSpec, ImagePrediction, MaskMode, PredictionF
 from .loading import Digests, load_in_groups
 from .memory import use_memory
 from .runtime import Runtime, current_runtime
-from .vocab import build_columns
+from .vocab import build_columns, class_specs
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +63,10 @@ def predict_tasks(spec: ChunkSpec, runtime: Runtime) -> list[dict[str, Any]]:
     "kind"}` for a task whose image could not be fetched, decoded or predicted (the others go on). Images are
     decoded a bounded few at a time (worker.loading), whatever the chunk's size."""
     digests: Digests | None = {} if spec.memory is not None else None
+    columns_ready: set[tuple] = set()
     tasks = []
     for group in load_in_groups(spec, runtime, digests):
-        outputs = predict_controls(group.spec, group.images, group.errors, runtime, digests)
+        outputs = predict_controls(group.spec, group.images, group.errors, runtime, digests, columns_ready)
         for task in group.spec.tasks:
             if task.index in group.errors:
                 kind, message = group.errors[task.index]
@@ -90,10 +91,13 @@ def predict_controls(
     errors: dict[int, tuple[str, str]],
     runtime: Runtime,
     digests: Digests | None = None,
+    columns_ready: set[tuple] | None = None,
 ) -> dict[int, dict[str, dict[str, Any]]]:
     """Scores (and masks, where asked) of every control for every task whose images loaded. Engine failures on
     one image are isolated to its task (recorded in `errors`). With a memory (spec.memory), the learning
-    controls' scores and tags are adapted (worker.memory)."""
+    controls' scores and tags are adapted (worker.memory). `columns_ready`: the classes whose text columns the
+    caller has already made sure of (a job passes one set to all its groups of images); updated here."""
+    columns_ready = set() if columns_ready is None else columns_ready
     outputs: dict[int, dict[str, dict[str, Any]]] = {}
     embeddings = spec.memory is not None
     predicted: dict[tuple, dict[int, ImagePrediction | PredictionFailure]] = {}
@@ -107,9 +111,11 @@ def predict_controls(
         todo = [i for i in indices if i not in known]
         if todo:
             batch = [images[i][control.data_key] for i in todo]
-            classes = _class_specs(control)
-            # Missing columns first, one lock hold each: a job timeout keeps what was built (worker.vocab).
-            build_columns(runtime, runtime.engine.text_prompts(classes, spec.background))
+            classes = class_specs(control)
+            if classes_key not in columns_ready:
+                # Missing columns first, one lock hold each: a job timeout keeps what was built (worker.vocab).
+                build_columns(runtime, runtime.engine.text_prompts(classes, spec.background))
+                columns_ready.add(classes_key)
             with runtime.engine_lock:
                 runtime.engine.set_classes(classes, background=spec.background)
                 known.update(zip(todo, runtime.engine.predict_each(batch, embeddings=embeddings), strict=True))
@@ -159,10 +165,6 @@ def control_masks(
         with runtime.engine_lock:
             result = runtime.segmenter(background, spec.min_region_area).segment(image, specs, mode=MaskMode.CLIP_ES)
     return result.to_json()
-
-
-def _class_specs(control: ControlSpec) -> list[ClassSpec]:
-    return [ClassSpec(label, prompts) for label, prompts in zip(control.labels, control.prompts, strict=True)]
 
 
 def serialize(prediction: ImagePrediction) -> dict[str, Any]:

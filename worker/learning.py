@@ -40,10 +40,11 @@ from backend.memory.examples import (
 from backend.memory.scoring import ScoringConfig, calibrate
 from backend.memory.store import MemoryStore
 from backend.resolve import Resolution
-from tagclip_core.types import ClassSpec, ImagePrediction
+from tagclip_core.types import ImagePrediction
 
 from .loading import load_in_groups
 from .runtime import Runtime, current_runtime
+from .vocab import build_columns, class_specs
 
 log = logging.getLogger(__name__)
 
@@ -293,14 +294,11 @@ class Learner:
         for control in spec.controls:
             classes = (control.labels, control.prompts)
             if classes not in predicted:
+                classes_of_control = class_specs(control)
+                # As /predict jobs do: missing columns one lock hold each, so a timeout keeps what was built.
+                build_columns(self.runtime, self.runtime.engine.text_prompts(classes_of_control, spec.background))
                 with self.runtime.engine_lock:
-                    self.runtime.engine.set_classes(
-                        [
-                            ClassSpec(label, prompts)
-                            for label, prompts in zip(control.labels, control.prompts, strict=True)
-                        ],
-                        background=spec.background,
-                    )
+                    self.runtime.engine.set_classes(classes_of_control, background=spec.background)
                     predicted[classes] = self.runtime.engine.predict_each(batch, embeddings=True)
             for index, prediction in zip(indices, predicted[classes], strict=True):
                 if isinstance(prediction, ImagePrediction) and prediction.embedding is not None:

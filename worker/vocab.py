@@ -15,10 +15,12 @@ from typing import Any
 
 from rq import get_current_job
 
+from backend.contracts.predict import ControlSpec
 from backend.contracts.vocab import SCHEMA, parse_payload
 from backend.keys import RedisKeys
 from backend.vocabulary import VocabularyClaims
 from tagclip_core.prompts import resolve_background
+from tagclip_core.types import ClassSpec
 
 from .runtime import Runtime, current_runtime
 
@@ -26,6 +28,11 @@ log = logging.getLogger(__name__)
 
 # Columns between two progress notes in the RQ job's meta.
 PROGRESS_EVERY = 8
+
+
+def class_specs(control: ControlSpec) -> list[ClassSpec]:
+    """A control's classes as the engine takes them."""
+    return [ClassSpec(label, prompts) for label, prompts in zip(control.labels, control.prompts, strict=True)]
 
 
 def build_columns(runtime: Runtime, prompts: Sequence[str]) -> tuple[int, int]:

@@ -120,3 +120,24 @@ def test_group_size_keeps_the_group_and_the_one_ahead_within_the_bound(bound, ex
     size, ahead = group_size(bound)
     assert (size, ahead) == expected
     assert size * (2 if ahead else 1) <= bound
+
+
+def test_a_job_checks_its_text_columns_once_whatever_its_groups(tiny_runtime, server, monkeypatch):
+    """A chunk of TASKS images in groups of one: the control's columns are looked up once for the job (a file test
+    per prompt for a vocabulary past the in-memory cache), not once per group."""
+    runtime = runtime_with(tiny_runtime, 1)
+    lookups = []
+    real = runtime.engine.uncached_prompts
+
+    def counting(prompts):
+        lookups.append(list(prompts))
+        return real(prompts)
+
+    monkeypatch.setattr(runtime.engine, "uncached_prompts", counting)
+    try:
+        result, live = run_chunk(runtime, server, [f"/{i}.png" for i in range(TASKS)], monkeypatch)
+    finally:
+        runtime.close()
+    assert live.most == 1 and all("outputs" in t for t in result["tasks"])
+    assert len(lookups) == 1
+    assert {"cat", "dog"} <= set(lookups[0])
