@@ -34,7 +34,7 @@ from tagclip_core.types import ClassSpec, ImagePrediction, MaskMode, PredictionF
 from .loading import Digests, load_in_groups
 from .memory import use_memory
 from .runtime import Runtime, current_runtime
-from .vocab import build_columns, class_specs
+from .vocab import ReadyColumns
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +63,10 @@ def predict_tasks(spec: ChunkSpec, runtime: Runtime) -> list[dict[str, Any]]:
     "kind"}` for a task whose image could not be fetched, decoded or predicted (the others go on). Images are
     decoded a bounded few at a time (worker.loading), whatever the chunk's size."""
     digests: Digests | None = {} if spec.memory is not None else None
-    columns_ready: set[tuple] = set()
+    columns = ReadyColumns(runtime)
     tasks = []
     for group in load_in_groups(spec, runtime, digests):
-        outputs = predict_controls(group.spec, group.images, group.errors, runtime, digests, columns_ready)
+        outputs = predict_controls(group.spec, group.images, group.errors, runtime, digests, columns)
         for task in group.spec.tasks:
             if task.index in group.errors:
                 kind, message = group.errors[task.index]
@@ -91,13 +91,13 @@ def predict_controls(
     errors: dict[int, tuple[str, str]],
     runtime: Runtime,
     digests: Digests | None = None,
-    columns_ready: set[tuple] | None = None,
+    columns: ReadyColumns | None = None,
 ) -> dict[int, dict[str, dict[str, Any]]]:
     """Scores (and masks, where asked) of every control for every task whose images loaded. Engine failures on
     one image are isolated to its task (recorded in `errors`). With a memory (spec.memory), the learning
-    controls' scores and tags are adapted (worker.memory). `columns_ready`: the classes whose text columns the
-    caller has already made sure of (a job passes one set to all its groups of images); updated here."""
-    columns_ready = set() if columns_ready is None else columns_ready
+    controls' scores and tags are adapted (worker.memory). `columns`: the job's (one for all its groups of
+    images), so the text columns are made sure of once per job."""
+    columns = ReadyColumns(runtime) if columns is None else columns
     outputs: dict[int, dict[str, dict[str, Any]]] = {}
     embeddings = spec.memory is not None
     predicted: dict[tuple, dict[int, ImagePrediction | PredictionFailure]] = {}
@@ -111,11 +111,8 @@ def predict_controls(
         todo = [i for i in indices if i not in known]
         if todo:
             batch = [images[i][control.data_key] for i in todo]
-            classes = class_specs(control)
-            if classes_key not in columns_ready:
-                # Missing columns first, one lock hold each: a job timeout keeps what was built (worker.vocab).
-                build_columns(runtime, runtime.engine.text_prompts(classes, spec.background))
-                columns_ready.add(classes_key)
+            # Missing columns first, one lock hold each: a job timeout keeps what was built (worker.vocab).
+            classes = columns.classes(control, spec.background)
             with runtime.engine_lock:
                 runtime.engine.set_classes(classes, background=spec.background)
                 known.update(zip(todo, runtime.engine.predict_each(batch, embeddings=embeddings), strict=True))

@@ -44,7 +44,7 @@ from tagclip_core.types import ImagePrediction
 
 from .loading import load_in_groups
 from .runtime import Runtime, current_runtime
-from .vocab import build_columns, class_specs
+from .vocab import ReadyColumns
 
 log = logging.getLogger(__name__)
 
@@ -228,10 +228,11 @@ class Learner:
         )
         digests: dict[int, dict[str, str]] = {}
         features: dict[int, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
+        columns = ReadyColumns(self.runtime)
         for group in load_in_groups(spec, self.runtime, digests):
             for index, (kind, message) in group.errors.items():
                 outcome.failed[int(reviews[index][0]["id"])] = f"{kind}: {message}"
-            features.update(self._features(group.spec, group.images, digests, outcome))
+            features.update(self._features(group.spec, group.images, digests, outcome, columns))
         examples = []
         for index, (task, annotation) in enumerate(reviews):
             if index not in features:
@@ -261,6 +262,7 @@ class Learner:
         images: Mapping[int, Mapping[str, Any]],
         digests: Mapping[int, Mapping[str, str]],
         outcome: LearnOutcome,
+        columns: ReadyColumns,
     ) -> dict[int, tuple[np.ndarray, dict[str, np.ndarray]]]:
         """Each image's embedding and per-control TagCLIP scores: from the image cache, else from the engine."""
         data_key = self.controls[0].data_key
@@ -275,7 +277,7 @@ class Learner:
             else:
                 missing.append(index)
         if missing:
-            out.update(self._compute(spec, missing, images, digests, outcome))
+            out.update(self._compute(spec, missing, images, digests, outcome, columns))
         return out
 
     def _compute(
@@ -285,6 +287,7 @@ class Learner:
         images: Mapping[int, Mapping[str, Any]],
         digests: Mapping[int, Mapping[str, str]],
         outcome: LearnOutcome,
+        columns: ReadyColumns,
     ) -> dict[int, tuple[np.ndarray, dict[str, np.ndarray]]]:
         """Run the engine on the images the cache did not have (one forward per set of classes) and cache them."""
         data_key = self.controls[0].data_key
@@ -294,9 +297,8 @@ class Learner:
         for control in spec.controls:
             classes = (control.labels, control.prompts)
             if classes not in predicted:
-                classes_of_control = class_specs(control)
                 # As /predict jobs do: missing columns one lock hold each, so a timeout keeps what was built.
-                build_columns(self.runtime, self.runtime.engine.text_prompts(classes_of_control, spec.background))
+                classes_of_control = columns.classes(control, spec.background)
                 with self.runtime.engine_lock:
                     self.runtime.engine.set_classes(classes_of_control, background=spec.background)
                     predicted[classes] = self.runtime.engine.predict_each(batch, embeddings=True)

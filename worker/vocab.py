@@ -30,9 +30,23 @@ log = logging.getLogger(__name__)
 PROGRESS_EVERY = 8
 
 
-def class_specs(control: ControlSpec) -> list[ClassSpec]:
-    """A control's classes as the engine takes them."""
-    return [ClassSpec(label, prompts) for label, prompts in zip(control.labels, control.prompts, strict=True)]
+class ReadyColumns:
+    """The text columns one job has made sure of. A job takes its images in groups (worker.loading) and asks for
+    each control's classes once per group; the missing columns are looked up (a file test per prompt past the
+    in-memory cache) and built only the first time a job asks for a set of classes."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._ready: set[tuple] = set()
+
+    def classes(self, control: ControlSpec, background: str) -> list[ClassSpec]:
+        """The control's classes as the engine takes them, their columns (and the background's) built and saved."""
+        specs = [ClassSpec(label, prompts) for label, prompts in zip(control.labels, control.prompts, strict=True)]
+        key = (control.labels, control.prompts, background)
+        if key not in self._ready:
+            build_columns(self._runtime, self._runtime.engine.text_prompts(specs, background))
+            self._ready.add(key)
+        return specs
 
 
 def build_columns(runtime: Runtime, prompts: Sequence[str]) -> tuple[int, int]:
