@@ -33,23 +33,9 @@ from tagclip_core.prompts import TAGCLIP_TEMPLATES  # noqa: E402
 from tagclip_core.random_weights import TINY_VIT_B_16, VIT_B_16, write_random_checkpoint  # noqa: E402
 from tests.fixtures.http_server import serve_directory  # noqa: E402
 from tests.integration.stack import png_bytes, start_backend, start_worker, wait_workers  # noqa: E402
+from tests.integration.vocab_helpers import claimed_vocabulary, label_config, saved_columns  # noqa: E402
 
 SHAPES = {"vit-b-16": VIT_B_16, "tiny": TINY_VIT_B_16}
-
-
-def label_config(labels: int) -> tuple[str, list[str]]:
-    names = [f"object kind {i}" for i in range(labels)]
-    choices = "".join(f'<Choice value="{name}"/>' for name in names)
-    config = (
-        '<View><Image name="image" value="$image"/>'
-        f'<Choices name="tags" toName="image" choice="multiple">{choices}</Choices></View>'
-    )
-    return config, names
-
-
-def columns_on_disk(cache: Path) -> dict[Path, int]:
-    """Every saved column file and its modification time (a column built again is a new file)."""
-    return {path: path.stat().st_mtime_ns for path in (cache / "text").rglob("*.pt")} if cache.exists() else {}
 
 
 def scenario(args: argparse.Namespace, env: dict[str, str], work: Path, name: str, kill: bool) -> dict:
@@ -58,7 +44,7 @@ def scenario(args: argparse.Namespace, env: dict[str, str], work: Path, name: st
     logs = work / "logs"
     workers = [start_worker(env, logs, f"{name}-w{i}") for i in range(args.workers)]
     backend, url = start_backend(env, logs, name=f"backend-{name}")
-    config, _names = label_config(args.labels)
+    config = label_config(args.labels)
     connection = redis_client.Redis.from_url(env["REDIS_URL"])
     claims = VocabularyClaims(connection, RedisKeys(env["TAGCLIP_QUEUE"]))
     figures: dict = {"labels": args.labels, "workers": args.workers, "killed": kill}
@@ -72,9 +58,9 @@ def scenario(args: argparse.Namespace, env: dict[str, str], work: Path, name: st
         before_kill: dict[Path, int] | None = None
         attempts = 0
         while True:
-            if kill and before_kill is None and len(columns_on_disk(cache)) >= args.labels // 2:
+            if kill and before_kill is None and len(saved_columns(cache)) >= args.labels // 2:
                 workers[0].kill9()
-                before_kill = columns_on_disk(cache)
+                before_kill = saved_columns(cache)
                 figures["kill_at_s"] = round(time.perf_counter() - started, 1)
                 workers[0] = start_worker(env, logs, f"{name}-w0-restarted")
             attempts += 1
@@ -84,26 +70,20 @@ def scenario(args: argparse.Namespace, env: dict[str, str], work: Path, name: st
             time.sleep(args.pause)
         figures["first_prediction_s"] = round(time.perf_counter() - started, 1)
         figures["predict_attempts"] = attempts
-        while claims.remaining(_claim_id(connection, env)) not in (0, None):
+        vocabulary = claimed_vocabulary(connection, env["TAGCLIP_QUEUE"])
+        while vocabulary is not None and claims.remaining(vocabulary) not in (0, None):
             time.sleep(1.0)
         figures["build_done_s"] = round(time.perf_counter() - started, 1)
         if before_kill is not None:
-            after = columns_on_disk(cache)
+            after = saved_columns(cache)
             figures["columns_at_kill"] = len(before_kill)
             figures["columns_built_again"] = sum(1 for path, mtime in before_kill.items() if after.get(path) != mtime)
-        figures["columns"] = len(columns_on_disk(cache))
+        figures["columns"] = len(saved_columns(cache))
     finally:
         backend.stop()
         for worker in workers:
             worker.stop()
     return figures
-
-
-def _claim_id(connection: redis_client.Redis, env: dict[str, str]) -> str:
-    """The one vocabulary claimed on this run's queue."""
-    prefix = RedisKeys(env["TAGCLIP_QUEUE"]).vocabulary("")
-    keys = list(connection.scan_iter(prefix + "*"))
-    return keys[0].decode().removeprefix(prefix) if keys else ""
 
 
 def run(args: argparse.Namespace, work: Path) -> dict:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import requests
@@ -19,34 +18,15 @@ from rq.serializers import JSONSerializer
 from backend.contracts.vocab import PROMPTS_PER_JOB
 from backend.keys import RedisKeys
 from backend.vocabulary import VocabularyClaims
+from tagclip_core.prompts import BACKGROUND_VOC
 
 from .conftest import make_stack
 from .stack import image_files, wait_until, wait_workers
+from .vocab_helpers import claimed_vocabulary, label_config, saved_columns
 
 pytestmark = pytest.mark.integration
 
-VOC_BACKGROUND_WORDS = 25  # TAGCLIP_BACKGROUND's default set: built with the first part
-
-
-def label_config(labels: int) -> str:
-    choices = "".join(f'<Choice value="object kind {i}"/>' for i in range(labels))
-    return (
-        '<View><Image name="image" value="$image"/>'
-        f'<Choices name="tags" toName="image" choice="multiple">{choices}</Choices></View>'
-    )
-
-
-def columns(cache: Path) -> dict[Path, int]:
-    """The columns saved in a worker cache, with their modification times (a column built again is a new file)."""
-    return {path: path.stat().st_mtime_ns for path in (cache / "text").rglob("*.pt")} if cache.exists() else {}
-
-
-def only_claim(redis: Redis, queue: str) -> VocabularyClaims | None:
-    """The claims of a queue, when exactly one vocabulary was claimed on it, with its id."""
-    prefix = RedisKeys(queue).vocabulary("")
-    keys = [key.decode() for key in redis.scan_iter(prefix + "*")]
-    assert len(keys) <= 1, keys
-    return keys[0].removeprefix(prefix) if keys else None
+VOC_BACKGROUND_WORDS = len(BACKGROUND_VOC)  # TAGCLIP_BACKGROUND's default set: built with the first part
 
 
 def regions(prediction: dict) -> list[dict]:
@@ -67,17 +47,17 @@ def test_a_killed_worker_mid_build_loses_nothing_and_predictions_equal_a_cold_bu
         project = label_studio.create_project("TagCLIP big vocabulary", config)
         (task_id,) = label_studio.upload_images(project, image_files(1, "vocab"))
         label_studio.connect_backend(project, stack.url)  # Label Studio calls /setup: the build starts there
-        wait_until(lambda: len(columns(warm_cache)) >= labels // 3, 300, what="a third of the columns saved")
+        wait_until(lambda: len(saved_columns(warm_cache)) >= labels // 3, 300, what="a third of the columns saved")
         first.kill9()
-        saved = columns(warm_cache)
+        saved = saved_columns(warm_cache)
         assert len(saved) < labels, "the build ended before the kill: raise `labels`"
-        vocabulary = only_claim(redis, stack.queue_name)
+        vocabulary = claimed_vocabulary(redis, stack.queue_name)
         claims = VocabularyClaims(redis, RedisKeys(stack.queue_name))
         assert claims.remaining(vocabulary) > 0
 
         stack.start_worker("second")
         wait_until(lambda: claims.remaining(vocabulary) == 0, 600, interval=1.0, what="every part of the build done")
-        built = columns(warm_cache)
+        built = saved_columns(warm_cache)
         assert len(built) == labels + VOC_BACKGROUND_WORDS
         assert {path: built[path] for path in saved} == saved, "a column saved before the kill was built again"
 
@@ -103,7 +83,7 @@ def test_a_killed_worker_mid_build_loses_nothing_and_predictions_equal_a_cold_bu
         fresh = wait_until(answered, 600, interval=1.0, what="a prediction from the cold build")
     finally:
         cold.stop()
-    assert len(columns(cold_cache)) == labels + VOC_BACKGROUND_WORDS
+    assert len(saved_columns(cold_cache)) == labels + VOC_BACKGROUND_WORDS
     assert regions(stored) == regions(fresh) and stored["score"] == fresh["score"]
 
 
@@ -128,10 +108,10 @@ def test_setup_at_5000_labels_enqueues_the_build_once_and_builds_nothing_itself(
         parts = math.ceil(labels / PROMPTS_PER_JOB)
         queue = Queue(RedisKeys(stack.queue_name).vocab_queue, connection=redis, serializer=JSONSerializer)
         assert queue.count == parts
-        vocabulary = only_claim(redis, stack.queue_name)
+        vocabulary = claimed_vocabulary(redis, stack.queue_name)
         assert VocabularyClaims(redis, RedisKeys(stack.queue_name)).remaining(vocabulary) == parts
         prompts = [prompt for job in queue.get_jobs() for prompt in job.args[0]["prompts"]]
         assert prompts == [f"object kind {i}" for i in range(labels)]
-        assert columns(cache) == {}
+        assert saved_columns(cache) == {}
     finally:
         stack.stop()
