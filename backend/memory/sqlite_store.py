@@ -22,6 +22,8 @@ from .store import CUT_CLAIM_SECONDS, KEPT_CALIBRATIONS, MemoryState, MemoryStor
 
 # Seconds a writer waits for another process's transaction.
 BUSY_TIMEOUT = 30.0
+# Pause between tries to prepare a file another connection is preparing.
+SETUP_RETRY_SECONDS = 0.05
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS state (
@@ -47,13 +49,34 @@ class SqliteMemoryStore(MemoryStore):
         if self._connection is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, check_same_thread=False, isolation_level=None)
-            connection.execute("PRAGMA journal_mode=WAL")
-            # WAL with NORMAL sync: a crash cannot corrupt the file, a power loss may drop the newest examples
-            # (a sync or `tagclip learn` puts them back).
-            connection.execute("PRAGMA synchronous=NORMAL")
-            connection.executescript(SCHEMA)
+            try:
+                self._prepare(connection)
+            except BaseException:
+                connection.close()
+                raise
             self._connection = connection
         return self._connection
+
+    @staticmethod
+    def _prepare(connection: sqlite3.Connection) -> None:
+        """WAL mode and the schema, retried while another connection is preparing the same new file.
+
+        Switching a file to WAL needs it to itself, and two connections doing so at once can make SQLite
+        answer "database is locked" at once, without waiting out the busy timeout (it would deadlock).
+        """
+        deadline = time.monotonic() + BUSY_TIMEOUT
+        while True:
+            try:
+                connection.execute("PRAGMA journal_mode=WAL")
+                # WAL with NORMAL sync: a crash cannot corrupt the file, a power loss may drop the newest
+                # examples (a sync or `tagclip learn` puts them back).
+                connection.execute("PRAGMA synchronous=NORMAL")
+                connection.executescript(SCHEMA)
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(SETUP_RETRY_SECONDS)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

@@ -56,3 +56,30 @@ def test_two_stores_on_one_file_do_not_lose_writes(tmp_path):
         thread.join()
     assert sorted(e.task for e in a.examples(1)) == list(range(60))
     assert b.state(1).changes == 60
+
+
+def test_stores_opening_one_new_file_at_once_all_get_ready(tmp_path):
+    """Switching a new file to WAL from several connections at once makes SQLite answer "locked" without
+    waiting; every store must still open (the backend and `tagclip learn` starting together)."""
+    rounds, width = 40, 6
+    errors: list[BaseException] = []
+
+    def first_write(store: SqliteMemoryStore, task: int, start: threading.Barrier) -> None:
+        start.wait()
+        try:
+            store.put(1, contract.example(task, 1, "t"), 1000)
+        except BaseException as error:  # noqa: BLE001 - collected and asserted below
+            errors.append(error)
+
+    for n in range(rounds):
+        stores = [SqliteMemoryStore(tmp_path / f"m{n}.sqlite3") for _ in range(width)]
+        start = threading.Barrier(width)
+        threads = [threading.Thread(target=first_write, args=(s, i, start)) for i, s in enumerate(stores)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert stores[0].state(1).changes == width
+        for store in stores:
+            store.close()
+    assert errors == []
