@@ -22,11 +22,13 @@ import time
 from typing import Any
 
 from PIL import Image
+from redis.exceptions import RedisError
 from rq import get_current_job
 
 from backend.contracts.predict import SCHEMA, ChunkSpec, ControlSpec, parse_payload
 from backend.converters import ControlOutput
 from backend.converters.base import choose_labels
+from backend.servertime import server_now
 from tagclip_core.errors import TagCLIPError
 from tagclip_core.masks import coarse_masks
 from tagclip_core.types import ClassSpec, ImagePrediction, MaskMode, PredictionFailure
@@ -49,22 +51,29 @@ def predict_chunk(payload: dict[str, Any]) -> dict[str, Any]:
     spec = parse_payload(payload)
     runtime.require_model(spec.model_key, "the backend")
     tasks = predict_tasks(spec, runtime)
-    return {
+    result = {
         "schema": SCHEMA,
         "model_id": runtime.engine.model_id,
         "worker": runtime.name,
         "seconds": round(time.monotonic() - started, 4),
         "tasks": tasks,
     }
+    if len(tasks) < len(spec.tasks):
+        log.info("job stopped after %d of %d tasks: no one waits for it any more", len(tasks), len(spec.tasks))
+        result["abandoned"] = True
+    return result
 
 
 def predict_tasks(spec: ChunkSpec, runtime: Runtime) -> list[dict[str, Any]]:
     """Every task's output, in task order: `{"index", "outputs": {control: ...}}`, or `{"index", "error",
     "kind"}` for a task whose image could not be fetched, decoded or predicted (the others go on). Images are
-    decoded a bounded few at a time (worker.loading), whatever the chunk's size."""
+    decoded a bounded few at a time (worker.loading), whatever the chunk's size. Past the spec's `answer_by` the
+    tasks not started are left out (no one waits for them)."""
     digests: Digests | None = {} if spec.memory is not None else None
     columns = ReadyColumns(runtime)
-    tasks = []
+    tasks: list[dict[str, Any]] = []
+    if _past_answer_by(spec):
+        return tasks
     for group in load_in_groups(spec, runtime, digests):
         outputs = predict_controls(group.spec, group.images, group.errors, runtime, digests, columns)
         for task in group.spec.tasks:
@@ -74,7 +83,22 @@ def predict_tasks(spec: ChunkSpec, runtime: Runtime) -> list[dict[str, Any]]:
             else:
                 tasks.append({"index": task.index, "outputs": outputs.get(task.index, {})})
         _report_progress(len(tasks), len(spec.tasks))
+        if len(tasks) < len(spec.tasks) and _past_answer_by(spec):
+            break
     return tasks
+
+
+def _past_answer_by(spec: ChunkSpec) -> bool:
+    """True once the clock the backend shares with this job (Redis's for an RQ job, this process's in embedded
+    mode) is past the spec's `answer_by`. Unknown (Redis unreachable) counts as not past: the work goes on."""
+    if spec.answer_by is None:
+        return False
+    job = get_current_job()
+    try:
+        now = server_now(job.connection) if job is not None else time.time()
+    except RedisError:
+        return False
+    return now > spec.answer_by
 
 
 def _report_progress(done: int, total: int) -> None:

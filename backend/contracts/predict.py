@@ -17,13 +17,19 @@ scores for the learning jobs), so a worker that predates the memory refuses the 
 
     "memory": {"project": int, "generation": int, "controls": [str]}
 
+Any schema may carry `"answer_by": float`: unix seconds on the clock the backend and its workers share (the
+Redis server's `TIME` in queue mode, the process's clock in embedded mode) after which no one waits for the
+result. A job that starts or goes on past it (a retry after JOB_TIMEOUT, a long chunk) stops there. A worker
+that predates it ignores it and does the work for no one, as before.
+
 The result is plain JSON too:
 
     {"schema": 1, "model_id": str, "worker": str, "seconds": float,
      "tasks": [{"index": int, "outputs": {control: {"labels": [...], "scores": [...], "tags": [...]}}}
               | {"index": int, "error": str}]}
 
-and a control that asked for masks also gets `"masks"`: tagclip_core's `MaskResult.to_json()` (neutral
+with `"abandoned": true` when the job stopped at `answer_by` (the tasks not reached have no entry), and a
+control that asked for masks also gets `"masks"`: tagclip_core's `MaskResult.to_json()` (neutral
 run lengths, see backend.converters.regions).
 """
 
@@ -97,6 +103,12 @@ class ChunkSpec:
     tasks: tuple[TaskRef, ...]
     source: SourceRef
     memory: MemorySpec | None = None
+    answer_by: float | None = None
+
+
+def with_answer_by(payloads: Sequence[dict[str, Any]], answer_by: float) -> list[dict[str, Any]]:
+    """Copies of `payloads` that stop being worked on at `answer_by` (on the clock their workers share)."""
+    return [{**payload, "answer_by": answer_by} for payload in payloads]
 
 
 def build_payloads(
@@ -170,6 +182,7 @@ def parse_payload(payload: Any) -> ChunkSpec:
             tasks=tasks,
             source=SourceRef.from_json(payload.get("source") or {}),
             memory=_memory_spec(payload["memory"]) if payload["schema"] == LEARN_SCHEMA else None,
+            answer_by=_answer_by(payload.get("answer_by")),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise PayloadError(f"malformed payload: {type(e).__name__}: {e}") from e
@@ -212,6 +225,14 @@ def _mask_spec(data: Any) -> MaskSpec | None:
     ):
         raise PayloadError(f"controls[].masks.threshold must be null or a number in [0, 1], got {threshold!r}")
     return MaskSpec(mode, area, None if threshold is None else float(threshold))
+
+
+def _answer_by(data: Any) -> float | None:
+    if data is None:
+        return None
+    if isinstance(data, bool) or not isinstance(data, (int, float)) or data != data:
+        raise PayloadError(f"answer_by must be null or unix seconds, got {data!r}")
+    return float(data)
 
 
 def _memory_spec(data: Any) -> MemorySpec:

@@ -32,13 +32,14 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from .. import presence
-from ..contracts.predict import JOB_FUNCTION, RUNTIME_LOADER
+from ..contracts.predict import JOB_FUNCTION, RUNTIME_LOADER, with_answer_by
 from ..contracts.source import configured_studio
 from ..contracts.vocab import JOB_FUNCTION as VOCAB_FUNCTION
 from ..errors import EngineUnavailableError, QueueUnavailableError
 from ..keys import RedisKeys
 from ..labelstudio.auth import Source, same_origin
 from ..redaction import scrub
+from ..servertime import server_now
 from ..settings import Settings
 from ..vocabulary import VocabularyClaims
 
@@ -78,7 +79,9 @@ class Dispatcher(ABC):
     def run(self, payloads: Sequence[dict[str, Any]], deadline: float) -> Iterator[tuple[int, ChunkOutcome]]:
         """Start every payload now (raising when that is impossible), then yield (position, outcome) for each as it
         ends, until `deadline` (time.monotonic()); the payloads not done by then are yielded last, unfinished.
-        The caller works on each outcome as it comes, so its own work counts against the same deadline."""
+        The caller works on each outcome as it comes, so its own work counts against the same deadline. The jobs
+        carry the deadline (`answer_by` on their shared clock), so a job still running or retried after it stops
+        instead of working for no one."""
 
     @abstractmethod
     def health(self) -> dict[str, Any]:
@@ -135,6 +138,7 @@ class RedisDispatcher(Dispatcher):
 
     def run(self, payloads: Sequence[dict[str, Any]], deadline: float) -> Iterator[tuple[int, ChunkOutcome]]:
         try:
+            payloads = with_answer_by(payloads, server_now(self.redis) + max(0.0, deadline - time.monotonic()))
             jobs = self.queue.enqueue_many(
                 [
                     Queue.prepare_data(
@@ -388,7 +392,7 @@ class EmbeddedDispatcher(Dispatcher):
             raise EngineUnavailableError(f"the model failed to load: {self._error}")
         # The same plain-JSON boundary as the queue: what would not survive RQ does not pass here either.
         futures: list[Future] = []
-        for payload in payloads:
+        for payload in with_answer_by(payloads, time.time() + max(0.0, deadline - time.monotonic())):
             with self._lock:
                 self._pending += 1
             future = self._executor.submit(self._runtime.run, self._job, json.loads(json.dumps(payload)))

@@ -3,7 +3,8 @@
 * requests waiting on predictions never hold the threads /health and /setup need (Label Studio gives them 1 s
   and 3 s): past the /predict slots a request gets 503 with Retry-After at once;
 * the whole /predict, conversion of the workers' masks included, answers within PREDICT_TIMEOUT; a task not
-  converted by then comes back without a result (Label Studio predicts it again later).
+  converted by then comes back without a result (Label Studio predicts it again later);
+* a job the backend stopped waiting for stops on its worker, which is then free for the next /predict.
 """
 
 from __future__ import annotations
@@ -11,16 +12,21 @@ from __future__ import annotations
 import io
 import time
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import parse_qs
 
 import pytest
 import requests
 from PIL import Image
+from redis import Redis
+from rq import Queue
+from rq.serializers import JSONSerializer
 
+from backend.keys import RedisKeys
 from tests.fixtures.http_server import serve_directory
 
 from .conftest import make_stack
 from .latency import HEALTH_LIMIT_S, MIN_SAMPLES, SETUP_LIMIT_S, TIMEOUT_FACTOR, Samples
-from .stack import start_backend, wait_until
+from .stack import png_bytes, start_backend, wait_until, wait_workers
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -114,3 +120,42 @@ def test_predict_answers_within_its_budget_conversion_included(engine_env, artif
             assert result["result"] and {r["type"] for r in result["result"]} == {"brushlabels"}
         else:
             assert "PREDICT_TIMEOUT" in result["error"]
+
+
+def test_a_job_no_one_waits_for_stops_and_frees_its_worker(engine_env, redis_url, artifacts, tmp_path):
+    """One worker, 20 tasks whose images each take 2.5 s to download (groups of 4): about 12 s of work, while
+    the backend waits 4 s. The job stops at the first group boundary past the backend's deadline, so a /predict
+    sent right after the first one answered is served in its own 4 s (it would wait behind the whole job)."""
+    delay, tasks_n = 2.5, 20
+    stack = make_stack(
+        {**engine_env, "REDIS_URL": redis_url}, artifacts, "giveup", PREDICT_TIMEOUT="4", CHUNK_SIZE=str(tasks_n)
+    )
+    redis = Redis.from_url(redis_url)
+    queue = Queue(RedisKeys(stack.queue_name).predict_queue, connection=redis, serializer=JSONSerializer)
+    try:
+        with serve_directory(tmp_path) as images:
+            images.put("a.png", png_bytes(64, 64, 1))
+            stack.start_worker()
+            wait_workers(stack.url, 1)
+            slow = [{"id": i, "data": {"image": f"{images.url}/a.png?delay={delay}&task={i}"}} for i in range(tasks_n)]
+            first = requests.post(stack.url + "/predict", json={"tasks": slow, "label_config": CHOICES}, timeout=60)
+            fast = [{"id": 100, "data": {"image": f"{images.url}/a.png"}}]
+            second = requests.post(stack.url + "/predict", json={"tasks": fast, "label_config": CHOICES}, timeout=60)
+            job = wait_until(lambda: _finished_job(queue, f"predict_chunk({tasks_n} tasks)"), 60, what="the slow job")
+            fetched = {int(q["task"][0]) for q in (parse_qs(r["query"]) for r in images.requests) if "task" in q}
+    finally:
+        stack.stop()
+        redis.close()
+    assert first.status_code == 200 and all("result" not in r for r in first.json()["results"])
+    assert second.status_code == 200 and second.json()["results"][0]["result"], second.json()
+    result = job.return_value()
+    assert result["abandoned"] is True and 0 < len(result["tasks"]) < tasks_n
+    assert not fetched & set(range(len(result["tasks"]) + 4, tasks_n)), sorted(fetched)
+
+
+def _finished_job(queue: Queue, description: str):
+    for job_id in queue.finished_job_registry.get_job_ids():
+        job = queue.fetch_job(job_id)
+        if job is not None and job.description == description:
+            return job
+    return None

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import json
+import time
+from urllib.parse import parse_qs
 
 import pytest
 import torch
@@ -109,6 +111,35 @@ def test_download_failures_that_may_pass_are_told_apart_from_failures_for_good(t
     assert "answered HTTP 503" in tasks[0]["error"] and "answered HTTP 404" in tasks[3]["error"]
 
 
+def test_a_job_past_its_answer_by_does_no_work(tiny_runtime, server):
+    """A retry after JOB_TIMEOUT, or a job that waited in the queue past the backend's deadline: nothing fetched."""
+    job_payload = payload(tiny_runtime, server, ["/a.png?late=0", "/b.png?late=1"])
+    job_payload["answer_by"] = time.time() - 1
+    seen = len(server.requests)
+    result = tiny_runtime.run(predict_chunk, job_payload)
+    assert result["abandoned"] is True and result["tasks"] == []
+    assert server.requests[seen:] == []
+
+
+def test_a_job_stops_between_groups_of_images_once_no_one_waits(tiny_runtime, server):
+    """The backend gave up while the job was downloading its first group (IMAGES_IN_MEMORY=8: groups of 4, the
+    next one downloading ahead): that group is predicted, the third is never fetched."""
+    delay = 2.0
+    refs = [f"/a.png?delay={delay}&task={i}" for i in range(12)]
+    job_payload = payload(tiny_runtime, server, refs)
+    job_payload["answer_by"] = time.time() + delay / 2
+    result = tiny_runtime.run(predict_chunk, job_payload)
+    assert result["abandoned"] is True
+    assert [t["index"] for t in result["tasks"]] == [0, 1, 2, 3] and all("outputs" in t for t in result["tasks"])
+    queries = [parse_qs(r["query"]) for r in server.requests if r["path"] == "/a.png"]
+    fetched = {int(q["task"][0]) for q in queries if "task" in q}
+    assert {0, 1, 2, 3} <= fetched and not fetched & set(range(8, 12))
+    in_time = payload(tiny_runtime, server, ["/a.png", "/b.png"])
+    in_time["answer_by"] = time.time() + 600
+    result = tiny_runtime.run(predict_chunk, in_time)
+    assert "abandoned" not in result and len(result["tasks"]) == 2
+
+
 def test_malformed_payload_and_other_weights_raise(tiny_runtime, server):
     with pytest.raises(PayloadError, match="schema"):
         tiny_runtime.run(predict_chunk, {"tasks": []})
@@ -120,6 +151,10 @@ def test_malformed_payload_and_other_weights_raise(tiny_runtime, server):
     other["model_key"] = "ViT-L-14|pretrained:openai|fp32"
     with pytest.raises(ModelMismatchError, match="same TAGCLIP_"):
         tiny_runtime.run(predict_chunk, other)
+    late = payload(tiny_runtime, server, ["/a.png"])
+    late["answer_by"] = "soon"
+    with pytest.raises(PayloadError, match="answer_by"):
+        tiny_runtime.run(predict_chunk, late)
 
 
 def test_job_outside_a_runtime_fails_clearly():
