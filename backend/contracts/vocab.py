@@ -23,8 +23,9 @@ from ..errors import PayloadError
 SCHEMA = 1
 # The job function, by dotted path (the web process never imports it).
 JOB_FUNCTION = "worker.vocab.build_vocabulary"
-# Prompts per job: on a CPU about 2.5 s each with the ViT-B/16 text tower, so a /predict job waits at most
-# about a minute and a half behind a part; on a GPU a part takes well under a second.
+# Prompts per job: on a 2-core CPU about 1 s each with the ViT-B/16 text tower (3.5 s when the CPU is shared), so
+# a part with the 25 background words is done in about a minute, well within JOB_TIMEOUT's default 300 s, and a
+# /predict job waits at most that long behind it; on a GPU a part takes well under a second.
 PROMPTS_PER_JOB = 32
 
 
