@@ -75,7 +75,7 @@ def predict_tasks(spec: ChunkSpec, runtime: Runtime) -> list[dict[str, Any]]:
     if _past_answer_by(spec):
         return tasks
     for group in load_in_groups(spec, runtime, digests):
-        outputs = predict_controls(group.spec, group.images, group.errors, runtime, digests, columns)
+        outputs = predict_controls(group.spec, group.images, group.errors, runtime, columns, digests)
         for task in group.spec.tasks:
             if task.index in group.errors:
                 kind, message = group.errors[task.index]
@@ -114,14 +114,13 @@ def predict_controls(
     images: dict[int, dict[str, Image.Image]],
     errors: dict[int, tuple[str, str]],
     runtime: Runtime,
+    columns: ReadyColumns,
     digests: Digests | None = None,
-    columns: ReadyColumns | None = None,
 ) -> dict[int, dict[str, dict[str, Any]]]:
     """Scores (and masks, where asked) of every control for every task whose images loaded. Engine failures on
     one image are isolated to its task (recorded in `errors`). With a memory (spec.memory), the learning
     controls' scores and tags are adapted (worker.memory). `columns`: the job's (one for all its groups of
     images), so the text columns are made sure of once per job."""
-    columns = ReadyColumns(runtime) if columns is None else columns
     outputs: dict[int, dict[str, dict[str, Any]]] = {}
     embeddings = spec.memory is not None
     predicted: dict[tuple, dict[int, ImagePrediction | PredictionFailure]] = {}
